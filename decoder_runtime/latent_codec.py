@@ -23,14 +23,18 @@ from .arm_int import FRAC, IntArm, arm_forward, ifce_forward
 from .errors import BitstreamError
 from .prob_tables import get_tables
 from .range_coder import (
+    MAX_OVERREAD,
+    ST_CODE,
+    ST_POS,
+    ST_RANGE,
     ST_STATUS,
     STATUS_BAD_ESCAPE,
     STATUS_OK,
     STATUS_OVERREAD,
     STATUS_RANGE,
-    decode_bits,
-    decode_symbol,
     decoder_init,
+    rc_bits,
+    rc_symbol,
 )
 
 MAX_LATENT = (1 << 14) - 1  # |latent| bound of the format
@@ -66,8 +70,11 @@ def wave_rows(t, n_rows, w, slope):
     return lo, hi
 
 
+PAD = 4  # context reaches 4 rows up and 4 columns left/right (9x9 window)
+
+
 @nb.njit(cache=True)
-def _decode_stripe(buf, st, y_grid, r0, r1, w, ifce, n_ifce, dys, dxs, slope,
+def _decode_stripe(buf, st, y_grid, r0, r1, w, ifce, n_ifce, canon, dys, dxs, slope,
                    wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in,
                    cum, offset, half_width):
     n_rows = r1 - r0
@@ -82,55 +89,95 @@ def _decode_stripe(buf, st, y_grid, r0, r1, w, ifce, n_ifce, dys, dxs, slope,
     mu_int = np.empty(cap, dtype=np.int64)
     frac = np.empty(cap, dtype=np.int64)
     kidx = np.empty(cap, dtype=np.int64)
+    batch_of = np.empty(cap, dtype=np.int64)
+    # The stripe is decoded into a zero-bordered copy: contexts need no bounds
+    # checks, and rows above the stripe read 0 as the format requires.
+    yp = np.zeros((n_rows + PAD, w + 2 * PAD), dtype=np.int64)
+    # Most contexts of a fine grid are all zero: their ARM output is computed
+    # once. Identical integer inputs give identical outputs, so this changes
+    # the speed, not a single decoded value.
+    for f in range(dim_in - n_ctx):
+        x[n_ctx + f, 0] = canon[f]
+    arm_forward(x, 1, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, h0, h1, acc, acc2, mu_int, frac, kidx)
+    mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
+    n_feat = dim_in - n_ctx
+    pos, code, rng = st[ST_POS], st[ST_CODE], st[ST_RANGE]
     n_waves = (w - 1) + slope * (n_rows - 1) + 1
     for t in range(n_waves):
         lo, hi = wave_rows(t, n_rows, w, slope)
-        n = hi - lo + 1
-        for p in range(n):
+        m = 0
+        for p in range(hi - lo + 1):
             i = lo + p
-            gather_column(y_grid, r0, r0 + i, t - slope * i, w, dys, dxs, ifce, n_ifce, x, p)
-        arm_forward(x, n, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, h0, h1, acc, acc2, mu_int, frac, kidx)
-        for p in range(n):
+            j = t - slope * i
+            nonzero = False
+            for c in range(n_ctx):
+                v = yp[i + PAD + dys[c], j + PAD + dxs[c]]
+                x[c, m] = v << FRAC
+                nonzero |= v != 0
+            for f in range(n_feat):
+                v = ifce[f, (r0 + i) * w + j] if f < n_ifce else 0
+                x[n_ctx + f, m] = v
+                nonzero |= v != canon[f]
+            if nonzero:
+                batch_of[p] = m
+                m += 1
+            else:
+                batch_of[p] = -1
+        if m > 0:
+            arm_forward(x, m, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, h0, h1, acc, acc2, mu_int, frac, kidx)
+        for p in range(hi - lo + 1):
             i = lo + p
-            k = kidx[p]
+            b = batch_of[p]
+            if b < 0:
+                mu, fr, k = mu0, frac0, k0
+            else:
+                mu, fr, k = mu_int[b], frac[b], kidx[b]
             big_r = half_width[k]
-            s = decode_symbol(buf, st, cum, offset[frac[p], k], 2 * big_r + 2)
+            s, pos, code, rng = rc_symbol(buf, pos, code, rng, cum, offset[fr, k], 2 * big_r + 2)
             if s == 2 * big_r + 1:
-                sign = decode_bits(buf, st, 1)
+                sign, pos, code, rng = rc_bits(buf, pos, code, rng, 1)
                 nz = 0
-                while decode_bits(buf, st, 1) == 0:
+                while True:
+                    bit, pos, code, rng = rc_bits(buf, pos, code, rng, 1)
+                    if bit == 1:
+                        break
                     nz += 1
-                    if nz > MAX_ESCAPE_PREFIX or st[ST_STATUS] != STATUS_OK:
+                    if nz > MAX_ESCAPE_PREFIX:
                         st[ST_STATUS] = STATUS_BAD_ESCAPE
                         return
-                m = ((np.int64(1) << nz) | decode_bits(buf, st, nz)) - 1
-                r = big_r + 1 + m
+                tail, pos, code, rng = rc_bits(buf, pos, code, rng, nz)
+                r = big_r + ((np.int64(1) << nz) | tail)
                 if sign == 1:
                     r = -r
             else:
                 r = s - big_r
-            v = mu_int[p] + r
+            v = mu + r
             if v > MAX_LATENT or v < -MAX_LATENT:
                 st[ST_STATUS] = STATUS_RANGE
                 return
-            y_grid[r0 + i, t - slope * i] = v
-        if st[ST_STATUS] != STATUS_OK:
+            yp[i + PAD, t - slope * i + PAD] = v
+        if pos > buf.size + MAX_OVERREAD:
+            st[ST_STATUS] = STATUS_OVERREAD
             return
+    st[ST_POS], st[ST_CODE], st[ST_RANGE] = pos, code, rng
+    for i in range(n_rows):
+        for j in range(w):
+            y_grid[r0 + i, j] = yp[i + PAD, j + PAD]
 
 
 @nb.njit(cache=True)
-def _decode_grid_serial(data, starts, ends, states, bounds, y_grid, w, ifce, n_ifce, dys, dxs, slope,
+def _decode_grid_serial(data, starts, ends, states, bounds, y_grid, w, ifce, n_ifce, canon, dys, dxs, slope,
                         wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width):
     for s in range(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1], w, ifce, n_ifce,
+        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1], w, ifce, n_ifce, canon,
                        dys, dxs, slope, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width)
 
 
 @nb.njit(cache=True, parallel=True)
-def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, w, ifce, n_ifce, dys, dxs, slope,
+def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, w, ifce, n_ifce, canon, dys, dxs, slope,
                           wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width):
     for s in nb.prange(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1], w, ifce, n_ifce,
+        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1], w, ifce, n_ifce, canon,
                        dys, dxs, slope, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width)
 
 
@@ -143,6 +190,16 @@ def grid_ifce(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.ndarray
     ifce_forward(decoded[grid.ifce_source], src_grid.level - grid.level, grid.h, grid.w,
                  arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, out)
     return out
+
+
+def canonical_features(arm: IntArm, grid) -> np.ndarray:
+    """IFCE features of an all-zero source neighbourhood (zeros for grids without IFCE)."""
+    canon = np.zeros(max(arm.n_ifce, 1), dtype=np.int64)
+    if grid.ifce_source >= 0 and arm.n_ifce:
+        out = np.empty((arm.n_ifce, 1), dtype=np.int64)
+        ifce_forward(np.zeros((1, 1), dtype=np.int32), 0, 1, 1, arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, out)
+        canon[: arm.n_ifce] = out[:, 0]
+    return canon
 
 
 def context_arrays(arch: DecoderArch):
@@ -182,7 +239,7 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
         n_ifce = arm.n_ifce if g.ifce_source >= 0 else 0
         bounds = np.array(stripe_bounds(g.h, n_sub), dtype=np.int64).reshape(n_sub, 2)
         run = _decode_grid_parallel if parallel else _decode_grid_serial
-        run(data, starts, ends, states, bounds, y_grid, g.w, ifce, n_ifce, dys, dxs, slope,
+        run(data, starts, ends, states, bounds, y_grid, g.w, ifce, n_ifce, canonical_features(arm, g), dys, dxs, slope,
             arm.w_hidden, arm.b_hidden, arm.w_out, arm.w_stab, arm.b_out, arm.shift, arm.n_hidden,
             arm.n_context, arm.dim_in, tables.cum, tables.offset, tables.half_width)
         bad = states[:, ST_STATUS]

@@ -31,39 +31,23 @@ def new_state() -> np.ndarray:
 
 
 @nb.njit(cache=True, inline="always")
-def _next_byte(buf, st):
-    p = st[ST_POS]
-    st[ST_POS] = p + 1
-    if p < buf.size:
-        return np.int64(buf[p])
-    if p >= buf.size + MAX_OVERREAD:
-        st[ST_STATUS] = STATUS_OVERREAD
-    return np.int64(0)
-
-
-@nb.njit(cache=True)
-def decoder_init(buf, st):
-    st[ST_POS] = 0
-    st[ST_STATUS] = STATUS_OK
-    st[ST_RANGE] = MASK32
-    code = np.int64(0)
-    for _ in range(4):
-        code = (code << 8) | _next_byte(buf, st)
-    st[ST_CODE] = code
+def _renorm(buf, pos, code, rng):
+    while rng < TOP:
+        b = np.int64(buf[pos]) if pos < buf.size else np.int64(0)
+        pos += 1
+        code = ((code << 8) | b) & MASK32
+        rng = (rng << 8) & MASK32
+    return pos, code, rng
 
 
 @nb.njit(cache=True, inline="always")
-def _normalize(buf, st):
-    while st[ST_RANGE] < TOP:
-        st[ST_CODE] = ((st[ST_CODE] << 8) | _next_byte(buf, st)) & MASK32
-        st[ST_RANGE] = (st[ST_RANGE] << 8) & MASK32
+def rc_symbol(buf, pos, code, rng, cum, off, n_sym):
+    """Decode one symbol of ``cum[off : off + n_sym + 1]``: (index, pos, code, range).
 
-
-@nb.njit(cache=True)
-def decode_symbol(buf, st, cum, off, n_sym):
-    """Decode one symbol of the table ``cum[off : off + n_sym + 1]``; return its index."""
-    r = st[ST_RANGE] >> TOTAL_BITS
-    t = st[ST_CODE] // r
+    The state is passed in scalars so that it stays in registers in hot loops.
+    """
+    r = rng >> TOTAL_BITS
+    t = code // r
     if t >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
         t = (1 << TOTAL_BITS) - 1
     lo = 0
@@ -75,20 +59,52 @@ def decode_symbol(buf, st, cum, off, n_sym):
         else:
             hi = mid
     c0 = np.int64(cum[off + lo])
-    st[ST_CODE] -= r * c0
-    st[ST_RANGE] = r * (np.int64(cum[off + lo + 1]) - c0)
-    _normalize(buf, st)
-    return lo
+    code -= r * c0
+    rng = r * (np.int64(cum[off + lo + 1]) - c0)
+    pos, code, rng = _renorm(buf, pos, code, rng)
+    return lo, pos, code, rng
+
+
+@nb.njit(cache=True, inline="always")
+def rc_bits(buf, pos, code, rng, nbits):
+    """Decode ``nbits`` (<= 16) equiprobable bits: (value, pos, code, range)."""
+    r = rng >> nbits
+    t = code // r
+    if t >= (1 << nbits):
+        t = (1 << nbits) - 1
+    code -= r * t
+    pos, code, rng = _renorm(buf, pos, code, r)
+    return t, pos, code, rng
+
+
+@nb.njit(cache=True)
+def decoder_init(buf, st):
+    st[ST_STATUS] = STATUS_OK
+    code = np.int64(0)
+    for p in range(4):
+        code = (code << 8) | (np.int64(buf[p]) if p < buf.size else np.int64(0))
+    st[ST_POS] = 4
+    st[ST_CODE] = code
+    st[ST_RANGE] = MASK32
+
+
+@nb.njit(cache=True, inline="always")
+def check_overread(buf, st):
+    if st[ST_POS] > buf.size + MAX_OVERREAD and st[ST_STATUS] == STATUS_OK:
+        st[ST_STATUS] = STATUS_OVERREAD
+
+
+@nb.njit(cache=True)
+def decode_symbol(buf, st, cum, off, n_sym):
+    """Array-state form of :func:`rc_symbol` (the state persists in ``st``)."""
+    s, st[ST_POS], st[ST_CODE], st[ST_RANGE] = rc_symbol(buf, st[ST_POS], st[ST_CODE], st[ST_RANGE], cum, off, n_sym)
+    check_overread(buf, st)
+    return s
 
 
 @nb.njit(cache=True)
 def decode_bits(buf, st, nbits):
-    """Decode ``nbits`` (<= 16) equiprobable bits."""
-    r = st[ST_RANGE] >> nbits
-    t = st[ST_CODE] // r
-    if t >= (1 << nbits):
-        t = (1 << nbits) - 1
-    st[ST_CODE] -= r * t
-    st[ST_RANGE] = r
-    _normalize(buf, st)
-    return t
+    """Array-state form of :func:`rc_bits`."""
+    v, st[ST_POS], st[ST_CODE], st[ST_RANGE] = rc_bits(buf, st[ST_POS], st[ST_CODE], st[ST_RANGE], nbits)
+    check_overread(buf, st)
+    return v
