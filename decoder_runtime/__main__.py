@@ -1,0 +1,5 @@
+"""``python -m decoder_runtime``: the same as ``coolchic-decode``."""
+
+from .cli import main
+
+raise SystemExit(main())

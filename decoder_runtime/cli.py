@@ -1,0 +1,122 @@
+"""``coolchic-decode``: decode a coolchic bitstream to an image file, without torch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from .errors import CoolChicError, ImageIOError
+
+PROG = "coolchic-decode"
+
+DESCRIPTION = """\
+Decode a coolchic bitstream (.cool) into an image.
+
+The output format follows the file extension and must suit the frame:
+rgb -> .png (8 or 16 bit) or .ppm; gray -> .png or .pgm; yuv420/yuv444 -> .yuv
+(raw planar, 8 bit as bytes, more as 16-bit little-endian). The output file is
+written atomically: it appears complete or not at all.
+"""
+
+EPILOG = """\
+examples:
+  coolchic-decode -i kodim14.cool -o kodim14.png
+  coolchic-decode -i clip.cool -o clip_1920x1080_yuv420_10b.yuv --threads 2 --verbose
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("-i", "--input", required=True, metavar="IN.cool", help="bitstream to decode")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="image to write (.png .ppm .pgm .yuv)")
+    p.add_argument(
+        "--provider",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="onnxruntime execution provider for upsampling and synthesis (default: cpu)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="threads for latent decoding and for onnxruntime (default: 1)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="print the frame, its rate and per-stage timings")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _report(path_in: str, path_out: str, dec, n_bytes: int, write_s: float) -> None:
+    img = dec.image
+    bpp = 8 * n_bytes / (img.height * img.width)
+    print(f"{path_in}: {n_bytes} bytes, {img.width}x{img.height} {img.frame_data_type} {img.bitdepth}-bit, {bpp:.4f} bpp")
+    t = dict(dec.timings)
+    t["write"] = write_s
+    order = ("setup", "read", "parse", "latents", "graph_build", "session", "upsampling_synthesis", "output", "write")
+    parts = ", ".join(f"{k} {1e3 * t[k]:.1f}" for k in order if k in t)
+    print(f"timings (ms): {parts}; total {1e3 * (t['total'] + write_s):.1f}")
+    print(f"wrote {path_out}")
+
+
+def main(argv: Optional[List[str]] = None, fast_exit: Optional[bool] = None) -> int:
+    """Run the command; returns the exit status (0 success, 1 error, 130 interrupted).
+
+    As a program (``argv`` not given) the process ends with ``os._exit`` once
+    the output file is closed and the console flushed: tearing down numba and
+    an onnxruntime session takes 100-200 ms, a quarter of a whole decode, for
+    memory the kernel frees anyway. ``fast_exit=False`` keeps the interpreter.
+    """
+    rc = _run(argv)
+    if argv is None if fast_exit is None else fast_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _run(argv: Optional[List[str]]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import time
+
+        from .api import decode
+        from .image_io import IMAGE_EXTENSIONS, extension_of, write_image
+
+        ext = extension_of(args.output)
+        if ext not in IMAGE_EXTENSIONS:
+            # Checked before decoding: a wrong name should not cost a decode.
+            raise ImageIOError(f"{args.output}: unknown output extension {ext or '(none)'!r}; use .png .ppm .pgm or .yuv")
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(out_dir):
+            raise ImageIOError(f"{args.output}: directory {out_dir} does not exist")
+        dec = decode(args.input, provider=args.provider, threads=args.threads, timings=True)
+        t0 = time.perf_counter()
+        write_image(dec.image, args.output)
+        write_s = time.perf_counter() - t0
+        if args.verbose:
+            _report(args.input, args.output, dec, os.path.getsize(args.input), write_s)
+    except CoolChicError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

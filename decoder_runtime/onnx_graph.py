@@ -1,0 +1,265 @@
+"""The ONNX graph of upsampling, synthesis and output clamp for one bitstream.
+
+Built from the architecture in the header and the dequantized weights, which
+become initializers: every shape is static, so onnxruntime plans the whole
+frame once. Inputs ``latent_0 .. latent_{N-1}`` (float32 ``[1, 1, h_i, w_i]``,
+0 = finest) and, with common randomness, ``cr_0 .. cr_{N-1}``; output
+``image``, float32 ``[1, n_out, H, W]`` clamped to [0, 1].
+The maths is ``docs/architecture.md`` sections 3 to 5;
+:mod:`decoder_runtime.reference_numpy` is its plain-numpy twin.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import onnx_proto
+from .arch import DecoderArch, param_layout
+from .errors import ConfigError
+from .upsampling_kernels import BICUBIC_A, arch_upsampling_kernels
+
+OPSET = 17
+IR_VERSION = 8  # the oldest IR that carries opset 17: readable by onnxruntime >= 1.13
+PRODUCER = "coolchic.decoder_runtime"
+
+
+def latent_input_names(n: int) -> List[str]:
+    return [f"latent_{i}" for i in range(n)]
+
+
+def cr_input_names(n: int) -> List[str]:
+    return [f"cr_{i}" for i in range(n)]
+
+
+def check_params(arch: DecoderArch, params: Mapping[str, np.ndarray]) -> None:
+    """The upsampling and synthesis tensors of ``arch.param_layout()``, no more, no less."""
+    for spec in param_layout(arch):
+        if spec.module not in ("upsampling", "synthesis"):
+            continue
+        if spec.name not in params:
+            raise ConfigError(f"parameter {spec.name} is missing")
+        shape = tuple(np.shape(params[spec.name]))
+        if shape != spec.shape:
+            raise ConfigError(f"parameter {spec.name} has shape {shape}, the architecture says {spec.shape}")
+
+
+class _GraphBuilder:
+    """Serialised nodes and initializers, with generated unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: List[bytes] = []
+        self.inits: List[bytes] = []
+        self._n = 0
+
+    def name(self, stem: str) -> str:
+        self._n += 1
+        return f"{stem}_{self._n}"
+
+    def const(self, stem: str, value, dtype=np.float32) -> str:
+        name = self.name(stem)
+        self.inits.append(onnx_proto.tensor(name, np.asarray(value, dtype)))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], stem: Optional[str] = None, **attrs) -> str:
+        out = self.name(stem or op_type.lower())
+        self.nodes.append(onnx_proto.node(op_type, inputs, [out], out, attrs))
+        return out
+
+    def op_multi(self, op_type: str, inputs: Sequence[str], stem: str, n_out: int, **attrs) -> List[str]:
+        outs = [self.name(stem) for _ in range(n_out)]
+        self.nodes.append(onnx_proto.node(op_type, inputs, outs, outs[0] + "_op", attrs))
+        return outs
+
+    # ---- building blocks ---------------------------------------------------
+    def pad_edge(self, x: str, top: int, bottom: int, left: int, right: int) -> str:
+        if top == bottom == left == right == 0:
+            return x
+        pads = self.const("pads", [0, 0, top, left, 0, 0, bottom, right], np.int64)
+        return self.op("Pad", [x, pads], "pad", mode="edge")
+
+    def slice_hw(self, x: str, h0: int, h: int, w0: int, w: int) -> str:
+        starts = self.const("starts", [h0, w0], np.int64)
+        ends = self.const("ends", [h0 + h, w0 + w], np.int64)
+        axes = self.const("axes", [2, 3], np.int64)
+        return self.op("Slice", [x, starts, ends, axes], "crop")
+
+
+def _depthwise(kernel_1d: np.ndarray, channels: int, vertical: bool) -> np.ndarray:
+    k = np.asarray(kernel_1d, np.float32)
+    w = k.reshape(1, 1, -1, 1) if vertical else k.reshape(1, 1, 1, -1)
+    return np.repeat(w, channels, axis=0)
+
+
+def _upsample_step(g: _GraphBuilder, x: str, channels: int, t: np.ndarray, dst_hw) -> str:
+    """crop(up2(x, t)) for a [B, channels, h, w] tensor, one kernel for all channels."""
+    # Measured against a polyphase Conv + DepthToSpace form: no faster on CPU,
+    # so the graph keeps the literal transposed convolution of the spec.
+    k = len(t)
+    pad = math.ceil(k / 4)
+    # Padding both axes before both passes equals pad-H/conv-H/pad-W/conv-W:
+    # the W-padding columns are copies of the edge column either way.
+    x = g.pad_edge(x, pad, pad, pad, pad)
+    wh = g.const("tconv_h", _depthwise(t, channels, True))
+    x = g.op("ConvTranspose", [x, wh], "tconv_h", strides=[2, 1], group=channels)
+    ww = g.const("tconv_w", _depthwise(t, channels, False))
+    x = g.op("ConvTranspose", [x, ww], "tconv_w", strides=[1, 2], group=channels)
+    c = k // 2 - 1 + 2 * pad
+    return g.slice_hw(x, c, dst_hw[0], c, dst_hw[1])
+
+
+def _preconcat(g: _GraphBuilder, x: str, p: np.ndarray) -> str:
+    if len(p) == 1:
+        # A 1-tap kernel applied along H then W is a gain of p^2.
+        gain = np.float32(p[0]) * np.float32(p[0])
+        if gain == 1.0:
+            return x
+        return g.op("Mul", [x, g.const("preconcat_gain", gain)], "preconcat")
+    r = len(p) // 2
+    x = g.pad_edge(x, r, r, r, r)
+    x = g.op("Conv", [x, g.const("preconcat_h", _depthwise(p, 1, True))], "preconcat_h")
+    return g.op("Conv", [x, g.const("preconcat_w", _depthwise(p, 1, False))], "preconcat_w")
+
+
+def _final_resize(g: _GraphBuilder, x: str, channels: int, src_hw, dst_hw, mode: str) -> str:
+    if mode == "nearest":
+        # torch's nearest is floor(dst * (float)in/out); gathering with indices
+        # computed here in float32 reproduces it exactly, which Resize's own
+        # coordinate arithmetic does not promise.
+        for axis, (n, out) in ((2, (src_hw[0], dst_hw[0])), (3, (src_hw[1], dst_hw[1]))):
+            scale = np.float32(n) / np.float32(out)
+            idx = np.minimum(np.floor(np.arange(out, dtype=np.float32) * scale).astype(np.int64), n - 1)
+            x = g.op("Gather", [x, g.const("nearest_idx", idx, np.int64)], "nearest", axis=axis)
+        return x
+    sizes = g.const("sizes", [1, channels, dst_hw[0], dst_hw[1]], np.int64)
+    return g.op(
+        "Resize",
+        [x, "", "", sizes],
+        "resize",
+        mode="linear" if mode == "bilinear" else "cubic",
+        coordinate_transformation_mode="half_pixel",
+        cubic_coeff_a=BICUBIC_A,
+        exclude_outside=0,
+    )
+
+
+# Rows per stripe of the leading 1x1 synthesis layers. Measured on the mop
+# graph at 512x768, one thread: whole frame 62 ms first run / 26 ms warm;
+# 64-row stripes 39 / 22 ms (8 to 128 rows all within 2 ms of that).
+STRIPE_ROWS = 64
+
+
+def _layer(g: _GraphBuilder, weights: Dict[int, tuple], params, i: int, layer, x: str) -> str:
+    if i not in weights:  # one initializer per layer, however many stripes use it
+        weights[i] = (
+            g.const(f"synthesis_{i}_weight", params[f"synthesis.layers.{i}.weight"]),
+            g.const(f"synthesis_{i}_bias", params[f"synthesis.layers.{i}.bias"]),
+        )
+    r = layer.kernel_size // 2
+    y = g.op("Conv", [g.pad_edge(x, r, r, r, r), *weights[i]], f"synthesis_{i}")
+    if layer.residual:
+        y = g.op("Add", [y, x], f"residual_{i}")
+    if layer.relu:
+        y = g.op("Relu", [y], f"relu_{i}")
+    return y
+
+
+def _synthesis(g: _GraphBuilder, arch: DecoderArch, params: Mapping[str, np.ndarray], x: str) -> str:
+    inp = x
+    weights: Dict[int, tuple] = {}
+    layers = list(enumerate(arch.layers_synthesis))
+    n_pointwise = 0
+    while n_pointwise < len(layers) and layers[n_pointwise][1].kernel_size == 1:
+        n_pointwise += 1
+    height = arch.img_size[0]
+    if STRIPE_ROWS and n_pointwise and height > STRIPE_ROWS:
+        # The leading 1x1 layers are the widest (e.g. 32 channels) and need no
+        # neighbours: run them stripe by stripe, so that their activations stay
+        # small and reused instead of a full-frame tensor that a one-shot
+        # decode must page-fault in (50 MB at 512x768).
+        rows = [STRIPE_ROWS] * (height // STRIPE_ROWS) + ([height % STRIPE_ROWS] if height % STRIPE_ROWS else [])
+        parts = g.op_multi("Split", [x, g.const("split", rows, np.int64)], "stripe", len(rows), axis=2)
+        outs = []
+        for part in parts:
+            for i, layer in layers[:n_pointwise]:
+                part = _layer(g, weights, params, i, layer, part)
+            outs.append(part)
+        x = g.op("Concat", outs, "stripes", axis=2)
+        layers = layers[n_pointwise:]
+    for i, layer in layers:
+        x = _layer(g, weights, params, i, layer, x)
+    if arch.linear_stabiliser_synth:
+        w = g.const("stabiliser_weight", params["synthesis.stabiliser.weight"])
+        s = g.op("Conv", [inp, w], "stabiliser")
+        x = g.op("Add", [x, s], "stabilised")
+    return x
+
+
+def build_decoder_model_bytes(arch: DecoderArch, params: Mapping[str, np.ndarray]) -> bytes:
+    """The serialised ModelProto of :func:`build_decoder_model`, built without ``onnx``."""
+    check_params(arch, params)
+    g = _GraphBuilder()
+    sizes = arch.latent_grid_sizes()
+    n = len(sizes)
+    cr = arch.flag_common_randomness
+    lat_names = latent_input_names(n)
+    inputs = [onnx_proto.value_info(nm, [1, 1, *sz]) for nm, sz in zip(lat_names, sizes)]
+    if cr:
+        cr_names = cr_input_names(n)
+        inputs += [onnx_proto.value_info(nm, [1, 1, *sz]) for nm, sz in zip(cr_names, sizes)]
+        # Latents and noise share every kernel: run them as a batch of two.
+        grids = [g.op("Concat", [a, b], "with_cr", axis=0) for a, b in zip(lat_names, cr_names)]
+    else:
+        grids = list(lat_names)
+
+    kernels = arch_upsampling_kernels(arch, params)
+    x = grids[-1]
+    for lv in range(n - 2, -1, -1):
+        t, p = kernels[lv]
+        x = _upsample_step(g, x, n - 1 - lv, t, sizes[lv])
+        x = g.op("Concat", [_preconcat(g, grids[lv], p), x], f"dense_{lv}", axis=1)
+    if cr:
+        # [2, N, h, w] -> [1, 2N, h, w]: latent channels first, then the noise.
+        shape = g.const("shape", [1, 2 * n, *sizes[0]], np.int64)
+        x = g.op("Reshape", [x, shape], "dense")
+    if arch.latent_resolution[0] > 0:
+        x = _final_resize(g, x, arch.synthesis_in_channels, sizes[0], arch.img_size, arch.final_upsampling_type)
+
+    x = _synthesis(g, arch, params, x)
+    lo = g.const("zero", np.float32(0.0))
+    hi = g.const("one", np.float32(1.0))
+    g.nodes.append(onnx_proto.node("Clip", [x, lo, hi], ["image"], "image", {}))
+    out = onnx_proto.value_info("image", [1, arch.n_out, *arch.img_size])
+    return onnx_proto.model(g.nodes, g.inits, inputs, [out], "coolchic_decoder", OPSET, IR_VERSION, PRODUCER)
+
+
+def build_decoder_model(arch: DecoderArch, params: Mapping[str, np.ndarray]):
+    """``onnx.ModelProto`` computing the clamped synthesis output from the latents.
+
+    ``params`` maps the names of ``arch.param_layout()`` to float32 arrays of
+    the listed shapes; ARM and IFCE entries, if present, are ignored. With
+    ``static_upsampling_kernel`` the upsampling entries are not needed.
+    The runtime itself uses :func:`build_decoder_model_bytes` and never loads
+    ``onnx``; this form is for inspection, export and tests.
+    """
+    import onnx
+
+    return onnx.ModelProto.FromString(build_decoder_model_bytes(arch, params))
+
+
+def input_feed(arch: DecoderArch, latents: Sequence[np.ndarray], noise: Sequence[np.ndarray] = ()) -> Dict[str, np.ndarray]:
+    """The feed of :func:`build_decoder_model`'s inputs: float32 ``[1, 1, h, w]`` arrays."""
+    sizes = arch.latent_grid_sizes()
+    if len(latents) != len(sizes):
+        raise ConfigError(f"expected {len(sizes)} latent grids, got {len(latents)}")
+    feed = {}
+    for name, y, sz in zip(latent_input_names(len(sizes)), latents, sizes):
+        if tuple(np.shape(y)[-2:]) != tuple(sz):
+            raise ConfigError(f"{name} has shape {np.shape(y)}, expected {sz}")
+        feed[name] = np.asarray(y, np.float32).reshape(1, 1, *sz)
+    if arch.flag_common_randomness:
+        for name, y, sz in zip(cr_input_names(len(sizes)), noise, sizes):
+            feed[name] = np.asarray(y, np.float32).reshape(1, 1, *sz)
+    return feed
