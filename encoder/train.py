@@ -1,0 +1,422 @@
+"""Training of a FrameEncoder: warm-up among random initialisations, then
+training phases (cosine learning rate, linear soft-round temperature and noise
+schedules, patience), network quantization, with a checkpoint after every stage
+so that an interrupted encoding resumes where it stopped.
+
+Entry point: :func:`encode_frame`. The CLI drives a progress bar through the
+``callback`` argument (see :class:`ProgressInfo`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from decoder_runtime.errors import ConfigError, EncodeError
+
+from .complexity import archi_table
+from .coolchic import CoolChicEncoderParameter
+from .cpu import configure_cpu
+from .frame_encoder import FrameData, FrameEncoder, as_frame_data, load_frame_encoder
+from .loss import LossFunctionOutput, loss_function
+from .quantize_model import quantize_model
+from .quantizer import QUANTIZER_NOISE_TYPES, QUANTIZER_TYPES
+
+MODULES_TO_OPTIMIZE = ("all", "latent", "arm", "ifce", "upsampling", "synthesis")
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainerPhase:
+    """One training phase (field names of the reference's TrainerPhase).
+
+    ``patience``: stop when the validation loss has not improved for that many
+    iterations (validation every ``freq_valid``); the best parameters seen are
+    restored at the end of the phase. Temperature and noise go linearly from
+    their first to their second value over ``max_itr``.
+    """
+
+    lr: float = 1e-2
+    max_itr: int = 5000
+    freq_valid: int = 100
+    patience: int = 10000
+    quantize_model: bool = False
+    schedule_lr: bool = False
+    softround_temperature: Tuple[float, float] = (0.3, 0.3)
+    noise_parameter: Tuple[float, float] = (1.0, 1.0)
+    quantizer_noise_type: str = "kumaraswamy"
+    quantizer_type: str = "softround"
+    optimized_module: Tuple[str, ...] = ("all",)
+
+    def __post_init__(self) -> None:
+        if self.max_itr < 0 or self.freq_valid < 1 or self.patience < 1:
+            raise ConfigError("max_itr must be >= 0, freq_valid and patience >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.quantizer_type not in QUANTIZER_TYPES:
+            raise ConfigError(f"quantizer_type must be one of {QUANTIZER_TYPES}, got {self.quantizer_type!r}")
+        if self.quantizer_noise_type not in QUANTIZER_NOISE_TYPES:
+            raise ConfigError(
+                f"quantizer_noise_type must be one of {QUANTIZER_NOISE_TYPES}, got {self.quantizer_noise_type!r}"
+            )
+        for m in self.optimized_module:
+            if m not in MODULES_TO_OPTIMIZE:
+                raise ConfigError(f"optimized_module {m!r} is not one of {MODULES_TO_OPTIMIZE}")
+
+
+@dataclass(frozen=True)
+class WarmupPhase:
+    """Keep the ``candidates`` best systems, then train each with ``training_phase``."""
+
+    candidates: int
+    training_phase: TrainerPhase
+
+
+@dataclass(frozen=True)
+class EncoderPreset:
+    preset_name: str
+    warmup: Tuple[WarmupPhase, ...] = ()
+    training_phases: Tuple[TrainerPhase, ...] = ()
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(w.candidates * w.training_phase.max_itr for w in self.warmup) + sum(
+            p.max_itr for p in self.training_phases
+        )
+
+    def stage_names(self) -> List[str]:
+        return (["warmup"] if self.warmup else []) + [f"phase{i}" for i in range(len(self.training_phases))]
+
+
+@dataclass(frozen=True)
+class ProgressInfo:
+    """What a progress bar needs; ``iteration`` counts every training iteration so far."""
+
+    stage: str
+    iteration: int
+    total_iterations: int
+    loss: float
+    psnr_db: float
+    rate_bpp: float  # estimated latent rate (+ network rate once quantized)
+    validation: bool = False  # True: measured with hard rounding, as decoded
+
+
+ProgressCallback = Callable[[ProgressInfo], None]
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    iterations: int
+    loss: float
+    psnr_db: float
+    rate_bpp: float
+    stopped_early: bool
+
+
+@dataclass
+class EncodeResult:
+    frame_encoder: FrameEncoder
+    loss: float
+    psnr_db: float
+    rate_latent_bpp: float
+    rate_nn_bpp: float
+    iterations: int
+    seconds: float
+    log: List[str] = field(default_factory=list)
+
+    @property
+    def rate_bpp(self) -> float:
+        return self.rate_latent_bpp + self.rate_nn_bpp
+
+
+class _Counter:
+    """Iterations done so far, shared by all stages (for the progress callback)."""
+
+    def __init__(self, done: int, total: int):
+        self.done, self.total = done, total
+
+
+# ---- evaluation ---------------------------------------------------------------
+@torch.no_grad()
+def evaluate(frame_encoder: FrameEncoder, frame: FrameData, lmbda: float) -> LossFunctionOutput:
+    """Loss with hard-rounded latents and output rounded to the bit depth, as decoded."""
+    was_training = frame_encoder.training
+    frame_encoder.set_to_eval()
+    out = frame_encoder(quantizer_noise_type="none", quantizer_type="hardround")
+    _, nn_bits = frame_encoder.coolchic_encoder.get_network_rate()
+    res = loss_function(out.decoded_planes, out.rate, frame.planes, lmbda, rate_mlp_bit=nn_bits, compute_logs=True)
+    if was_training:
+        frame_encoder.set_to_train()
+    return res
+
+
+# ---- one phase ----------------------------------------------------------------
+def _parameters_to_optimize(frame_encoder: FrameEncoder, modules: Sequence[str]):
+    cc = frame_encoder.coolchic_encoder
+    if "all" in modules:
+        params = list(cc.parameters())
+    else:
+        params = []
+        for m in modules:
+            if m == "latent":
+                params += list(cc.latent_grids) + list(cc.hyper_latent_grids)
+            elif getattr(cc, m, None) is not None:
+                params += list(getattr(cc, m).parameters())
+    return [p for p in params if p.requires_grad]
+
+
+def _lerp(pair: Tuple[float, float], frac: float) -> float:
+    return pair[0] + (pair[1] - pair[0]) * frac
+
+
+def train_phase(
+    frame_encoder: FrameEncoder,
+    frame: FrameData,
+    phase: TrainerPhase,
+    lmbda: float,
+    callback: Optional[ProgressCallback] = None,
+    stage: str = "",
+    counter: Optional[_Counter] = None,
+    callback_every: int = 10,
+) -> PhaseResult:
+    """Train ``frame_encoder`` in place for one phase; keeps the best validated state."""
+    counter = counter or _Counter(0, phase.max_itr)
+    params = _parameters_to_optimize(frame_encoder, phase.optimized_module)
+    if not params or phase.max_itr == 0:
+        res = evaluate(frame_encoder, frame, lmbda)
+        return PhaseResult(0, float(res.loss), res.psnr_db, res.total_rate_bpp, False)
+    optimizer = torch.optim.Adam(params, lr=phase.lr)
+    frame_encoder.set_to_train()
+    cc = frame_encoder.coolchic_encoder
+    latent_ids = {id(p) for p in list(cc.latent_grids) + list(cc.hyper_latent_grids)}
+    if any(id(p) not in latent_ids for p in params):
+        # Training moves the networks off their quantization grid.
+        cc.reset_quantization_info()
+
+    best = evaluate(frame_encoder, frame, lmbda)
+    best_loss, best_itr = float(best.loss), 0
+    best_state = frame_encoder.get_param()
+    stopped_early = False
+    itr = 0
+    for itr in range(1, phase.max_itr + 1):
+        frac = (itr - 1) / phase.max_itr
+        if phase.schedule_lr:
+            # Cosine decay to 0 over the phase (C3).
+            for g in optimizer.param_groups:
+                g["lr"] = 0.5 * phase.lr * (1.0 + math.cos(math.pi * frac))
+        log_now = callback is not None and itr % callback_every == 0
+        out = frame_encoder(
+            quantizer_noise_type=phase.quantizer_noise_type,
+            quantizer_type=phase.quantizer_type,
+            soft_round_temperature=_lerp(phase.softround_temperature, frac),
+            noise_parameter=_lerp(phase.noise_parameter, frac),
+        )
+        res = loss_function(out.decoded_planes, out.rate, frame.planes, lmbda, compute_logs=log_now)
+        optimizer.zero_grad(set_to_none=True)
+        res.loss.backward()
+        optimizer.step()
+        counter.done += 1
+        if log_now:
+            callback(ProgressInfo(stage, counter.done, counter.total, float(res.loss.detach()), res.psnr_db,
+                                  res.rate_latent_bpp))
+
+        if itr % phase.freq_valid == 0 or itr == phase.max_itr:
+            val = evaluate(frame_encoder, frame, lmbda)
+            if callback is not None:
+                callback(ProgressInfo(stage, counter.done, counter.total, float(val.loss), val.psnr_db,
+                                      val.total_rate_bpp, validation=True))
+            if float(val.loss) < best_loss:
+                best_loss, best_itr = float(val.loss), itr
+                best_state = frame_encoder.get_param()
+            elif itr - best_itr >= phase.patience:
+                stopped_early = True
+                break
+    # Skipped iterations still count, so a progress bar ends full.
+    counter.done += phase.max_itr - itr
+    frame_encoder.set_param(best_state)
+    if phase.quantize_model:
+        quantize_model(frame_encoder, frame, lmbda)
+    final = evaluate(frame_encoder, frame, lmbda)
+    return PhaseResult(itr, float(final.loss), final.psnr_db, final.total_rate_bpp, stopped_early)
+
+
+# ---- warm-up ------------------------------------------------------------------
+def warmup(
+    frame: FrameData,
+    make_candidate: Callable[[int], FrameEncoder],
+    phases: Sequence[WarmupPhase],
+    lmbda: float,
+    callback: Optional[ProgressCallback] = None,
+    counter: Optional[_Counter] = None,
+    callback_every: int = 10,
+) -> FrameEncoder:
+    """Train several random initialisations briefly; return the best one.
+
+    ``make_candidate(i)`` builds the i-th freshly initialised candidate. Phase k
+    starts from the ``phases[k].candidates`` best so far.
+    """
+    n0 = phases[0].candidates
+    pool = [(math.inf, make_candidate(i)) for i in range(n0)]
+    for k, wp in enumerate(phases):
+        pool = sorted(pool, key=lambda c: c[0])[: wp.candidates]
+        scored = []
+        for _, cand in pool:
+            res = train_phase(cand, frame, wp.training_phase, lmbda, callback, f"warmup{k}", counter, callback_every)
+            scored.append((res.loss, cand))
+        pool = scored
+    return min(pool, key=lambda c: c[0])[1]
+
+
+# ---- full encoding with checkpoints -------------------------------------------
+def _fingerprint(frame: FrameData, param: CoolChicEncoderParameter, preset: EncoderPreset, lmbda: float,
+                 seed: int) -> str:
+    h = hashlib.sha256()
+    for p in frame.planes:
+        h.update(p.detach().cpu().numpy().tobytes())
+    meta = {
+        "param": param.to_dict(),
+        "preset": repr(preset),
+        "lmbda": lmbda,
+        "seed": seed,
+        "frame": [frame.frame_data_type, frame.bitdepth, frame.height, frame.width],
+    }
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _save_checkpoint(path: str, stage_done: int, fe: FrameEncoder, fingerprint: str, iterations: int,
+                     seconds: float, log: List[str]) -> None:
+    blob = {
+        "version": CHECKPOINT_VERSION,
+        "stage_done": stage_done,
+        "frame_encoder": fe.save().getvalue(),
+        "fingerprint": fingerprint,
+        "iterations": iterations,
+        "seconds": seconds,
+        "log": list(log),
+    }
+    tmp = path + ".tmp"
+    torch.save(blob, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def _load_checkpoint(path: str, fingerprint: str):
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("version") != CHECKPOINT_VERSION:
+        raise EncodeError(f"{path}: unsupported checkpoint version {blob.get('version')!r}")
+    if blob["fingerprint"] != fingerprint:
+        raise EncodeError(
+            f"{path} was written for another image, architecture, preset, lambda or seed; "
+            "use another workdir or remove it"
+        )
+    return blob
+
+
+def encode_frame(
+    frame,
+    coolchic_param: CoolChicEncoderParameter,
+    preset: EncoderPreset,
+    lmbda: float,
+    *,
+    workdir: Optional[str] = None,
+    resume: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    callback: Optional[ProgressCallback] = None,
+    callback_every: int = 10,
+    frame_type: str = "I",
+    num_threads: Optional[int] = None,
+) -> EncodeResult:
+    """Overfit a FrameEncoder to ``frame`` (RawImage or FrameData).
+
+    ``coolchic_param.img_size`` is set from the frame. With ``workdir``, writes
+    ``archi.txt``, ``log.txt`` and a checkpoint after each stage (warm-up, each
+    training phase); ``resume=True`` continues from that checkpoint.
+    ``callback`` gets a ProgressInfo every ``callback_every`` iterations and at
+    every validation. On the CPU, torch threads default to the available cores.
+    """
+    if not lmbda > 0:
+        raise ConfigError(f"lambda must be positive, got {lmbda}")
+    t_start = time.time()
+    if torch.device(device).type == "cpu":
+        configure_cpu(num_threads)
+    frame = as_frame_data(frame, device)
+    param = coolchic_param.with_image_size(frame.height, frame.width)
+    stages = preset.stage_names()
+    if not stages:
+        raise ConfigError(f"preset {preset.preset_name!r} has neither warm-up nor training phases")
+    if not any(p.quantize_model for p in preset.training_phases):
+        raise ConfigError(f"preset {preset.preset_name!r} never quantizes the networks (no quantize_model phase)")
+
+    def make_candidate(i: int) -> FrameEncoder:
+        torch.manual_seed(seed * 1000 + i)
+        fe = FrameEncoder(param, frame_type, frame.frame_data_type, frame.bitdepth)
+        fe.reinitialize_parameters()
+        fe.to_device(device)
+        return fe
+
+    fingerprint = _fingerprint(frame, param, preset, lmbda, seed)
+    ckpt_path = os.path.join(workdir, CHECKPOINT_NAME) if workdir else None
+    fe: Optional[FrameEncoder] = None
+    first_stage, iterations_before, seconds_before, log = 0, 0, 0.0, []
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        if resume and os.path.exists(ckpt_path):
+            blob = _load_checkpoint(ckpt_path, fingerprint)
+            fe = load_frame_encoder(io.BytesIO(blob["frame_encoder"]))
+            fe.to_device(device)
+            first_stage = blob["stage_done"] + 1
+            iterations_before, seconds_before, log = blob["iterations"], blob["seconds"], blob["log"]
+            log.append(f"resumed after stage {stages[blob['stage_done']]}")
+        else:
+            for stale in (ckpt_path, os.path.join(workdir, "log.txt")):
+                if os.path.exists(stale):
+                    os.remove(stale)
+    if fe is None and not preset.warmup:
+        fe = make_candidate(0)
+    if workdir:
+        with open(os.path.join(workdir, "archi.txt"), "w") as f:
+            f.write(archi_table(param.to_arch(frame.frame_data_type, frame.bitdepth)))
+
+    # A resumed encoding starts counting from the iterations already done.
+    counter = _Counter(iterations_before, preset.total_iterations)
+    for k in range(first_stage, len(stages)):
+        name = stages[k]
+        if name == "warmup":
+            fe = warmup(frame, make_candidate, preset.warmup, lmbda, callback, counter, callback_every)
+            res = evaluate(fe, frame, lmbda)
+            line = f"warmup: loss {float(res.loss):.6f} psnr {res.psnr_db:.3f} dB rate {res.total_rate_bpp:.4f} bpp"
+        else:
+            i = int(name[len("phase"):])
+            r = train_phase(fe, frame, preset.training_phases[i], lmbda, callback, name, counter, callback_every)
+            line = (f"{name}: {r.iterations} itr{' (early stop)' if r.stopped_early else ''} loss {r.loss:.6f} "
+                    f"psnr {r.psnr_db:.3f} dB rate {r.rate_bpp:.4f} bpp")
+        log.append(line)
+        if workdir:
+            with open(os.path.join(workdir, "log.txt"), "a") as f:
+                f.write(line + "\n")
+            _save_checkpoint(ckpt_path, k, fe, fingerprint, counter.done,
+                             seconds_before + time.time() - t_start, log)
+
+    if not fe.coolchic_encoder.is_quantized():
+        quantize_model(fe, frame, lmbda)
+    res = evaluate(fe, frame, lmbda)
+    return EncodeResult(
+        frame_encoder=fe,
+        loss=float(res.loss),
+        psnr_db=res.psnr_db,
+        rate_latent_bpp=res.rate_latent_bpp,
+        rate_nn_bpp=res.rate_nn_bpp,
+        iterations=counter.done,
+        seconds=seconds_before + time.time() - t_start,
+        log=log,
+    )

@@ -1,0 +1,254 @@
+"""Encoder stages against the maths of docs/architecture.md: shapes on odd
+sizes, ARM context/IFCE/MLP against a per-pixel reference, Laplace rate,
+upsampling, synthesis, MAC counts, parameter layout."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from decoder_runtime.arch import arm_context_offsets, param_layout
+from decoder_runtime.common_randomness import common_randomness_grids
+from encoder.arm import laplace_rate, split_flat
+from encoder.coolchic import CoolChicEncoder, CoolChicEncoderParameter
+from encoder.complexity import module_macs, total_mac_per_pixel
+from encoder.upsampling import bicubic_kernel_2x, initial_tconv_kernel, separable_filter, up2
+
+torch.set_num_threads(1)
+
+
+def make(h=33, w=47, **kw):
+    torch.manual_seed(0)
+    base = dict(latent_resolution=(0, 4), spatial_context_arm=8, n_hidden_layers_arm=2)
+    base.update(kw)
+    return CoolChicEncoder(CoolChicEncoderParameter(img_size=(h, w), **base))
+
+
+def randomize(cc, scale=0.3):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in cc.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+        for p in list(cc.latent_grids) + list(cc.hyper_latent_grids):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+@pytest.mark.parametrize("h,w", [(33, 47), (32, 48), (1, 1), (5, 3)])
+def test_shapes_of_every_stage(h, w):
+    cc = make(h, w, hyper_latent_resolution=(2, 3), ifce_resolution=(0, 2), output_feature_ifce=3,
+              flag_common_randomness=True, linear_stabiliser_arm=True, linear_stabiliser_synth=True)
+    arch = cc.arch
+    sizes = [(-(-h // 2**lv), -(-w // 2**lv)) for lv in range(5)]
+    assert [tuple(p.shape[-2:]) for p in cc.latent_grids] == sizes
+    flat = cc.quantized_flat_latents()
+    assert flat.shape == (arch.n_latent_values(),)
+    grids = split_flat(flat, arch)
+    assert [g.shape for g in grids] == [(c.h, c.w) for c in arch.coded_grids()]
+    mu, ls = cc.arm_outputs(flat)
+    assert mu.shape == ls.shape == flat.shape
+    dense = cc.dense_latent(flat)
+    assert dense.shape == (1, 10, h, w)  # 5 latent + 5 common-randomness channels
+    out = cc()
+    assert out.raw_out.shape == (1, 3, h, w)
+    assert out.rate.shape == flat.shape
+    for spec in param_layout(arch):
+        assert tuple(cc.get_parameter(spec.name).shape) == spec.shape
+
+
+def test_named_transmitted_params_follow_param_layout():
+    cc = make(hyper_latent_resolution=(3, 4), ifce_resolution=(0, 2), output_feature_ifce=4,
+              linear_stabiliser_arm=True, linear_stabiliser_synth=True)
+    names = list(cc.named_transmitted_params())
+    assert names == [s.name for s in param_layout(cc.arch)]
+    assert names[:2] == ["arm.mlp.0.weight", "arm.mlp.0.bias"]
+    assert "upsampling.tconv.0.weight" in names and "upsampling.preconcat.3.weight" in names
+    static = make(static_upsampling_kernel=True)
+    assert not any(n.startswith("upsampling") for n in static.named_transmitted_params())
+    assert "upsampling" not in static.modules_to_send
+
+
+def reference_arm(cc, flat):
+    """Per-pixel evaluation of section 2 of docs/architecture.md, in float64."""
+    arch = cc.arch
+    grids = [g.double().numpy() for g in split_flat(flat.detach(), arch)]
+    offs = arm_context_offsets(arch.spatial_context_arm)
+    ws = {n: p.detach().double().numpy() for n, p in cc.named_transmitted_params().items()}
+    c, nh = arch.spatial_context_arm, arch.n_hidden_layers_arm
+    mus, lss = [], []
+    for cg, y in zip(arch.coded_grids(), grids):
+        mu = np.zeros_like(y)
+        ls = np.zeros_like(y)
+        for i in range(cg.h):
+            for j in range(cg.w):
+                ctx = []
+                for dy, dx in offs:
+                    yy, xx = i + dy, j + dx
+                    ctx.append(y[yy, xx] if 0 <= yy < cg.h and 0 <= xx < cg.w else 0.0)
+                feat = []
+                if arch.ifce_features:
+                    if cg.ifce_source >= 0:
+                        src = grids[cg.ifce_source]
+                        k = arch.coded_grids()[cg.ifce_source].level - cg.level
+                        sy, sx = min(i >> k, src.shape[0] - 1), min(j >> k, src.shape[1] - 1)
+                        v = [src[min(max(sy + a, 0), src.shape[0] - 1), min(max(sx + b, 0), src.shape[1] - 1)]
+                             for a in (-1, 0, 1) for b in (-1, 0, 1)]
+                        feat = list(np.maximum(ws["ifce.weight"] @ np.array(v) + ws["ifce.bias"], 0))
+                    else:
+                        feat = [0.0] * arch.ifce_features
+                u = np.array(ctx + feat)
+                h = u
+                for l in range(nh):
+                    h = np.maximum(ws[f"arm.mlp.{l}.weight"] @ h + ws[f"arm.mlp.{l}.bias"] + h[:c], 0)
+                out = ws[f"arm.mlp.{nh}.weight"] @ h + ws[f"arm.mlp.{nh}.bias"]
+                if arch.linear_stabiliser_arm:
+                    out = out + ws["arm.stabiliser.weight"] @ u
+                mu[i, j] = out[0]
+                ls[i, j] = min(max(out[1] - 4.0, -4.5), 4.0)
+        mus.append(mu)
+        lss.append(ls)
+    return mus, lss
+
+
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(spatial_context_arm=16, hyper_latent_resolution=(1, 2), ifce_resolution=(0, 2), output_feature_ifce=3,
+         linear_stabiliser_arm=True),
+    dict(spatial_context_arm=24, n_hidden_layers_arm=0, ifce_resolution=(1, 3), output_feature_ifce=2),
+])
+def test_arm_matches_per_pixel_reference(kw):
+    cc = make(9, 13, **kw)
+    randomize(cc)
+    with torch.no_grad():
+        for p in list(cc.latent_grids) + list(cc.hyper_latent_grids):
+            p.copy_(torch.randint(-6, 7, p.shape) / cc.encoder_gain)
+    flat = cc.quantized_flat_latents()
+    assert torch.all(flat == torch.round(flat))
+    mu, ls = cc.arm_outputs(flat)
+    ref_mu, ref_ls = reference_arm(cc, flat)
+    for a, b in zip(split_flat(mu.contiguous(), cc.arch), ref_mu):
+        np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(split_flat(ls.contiguous(), cc.arch), ref_ls):
+        np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-4, atol=1e-4)
+
+
+def test_arm_gradient_matches_autograd_reference():
+    """The hand-written backward of the gather and the MLP equals plain autograd."""
+    cc = make(9, 13, spatial_context_arm=16, ifce_resolution=(0, 2), output_feature_ifce=3,
+              linear_stabiliser_arm=True).double()
+    randomize(cc)
+    flat = (torch.randn(cc.arch.n_latent_values(), dtype=torch.double) * 3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f: cc.arm_outputs(f), (flat,))
+
+
+def test_laplace_rate_matches_distribution():
+    y = torch.tensor([0.0, 1.0, -3.0, 7.0, 2.0, 40.0])
+    mu = torch.tensor([0.2, 0.9, -1.0, 7.4, -2.0, 0.0])
+    ls = torch.tensor([-1.0, 0.5, 1.0, -4.5, 4.0, -4.5])
+    d = torch.distributions.Laplace(mu.double(), torch.exp(ls.double()))
+    p = d.cdf(y.double() + 0.5) - d.cdf(y.double() - 0.5)
+    expected = -torch.log2(torch.clamp(p, min=2.0**-16))
+    torch.testing.assert_close(laplace_rate(y, mu, ls).double(), expected, rtol=1e-4, atol=1e-4)
+    assert laplace_rate(y, mu, ls)[-1].item() == pytest.approx(16.0)  # floored probability
+
+
+def naive_up2(x, t):
+    """1-D reference of the 2x step: pad P, y[m] = sum_i xp[i] t[m-2i], keep y[c:c+2n]."""
+    n, k = len(x), len(t)
+    p = math.ceil(k / 4)
+    xp = np.concatenate([[x[0]] * p, x, [x[-1]] * p])
+    y = np.zeros(2 * len(xp) + k)
+    for i, v in enumerate(xp):
+        for j in range(k):
+            y[2 * i + j] += v * t[j]
+    c = k // 2 - 1 + 2 * p
+    return y[c: c + 2 * n]
+
+
+@pytest.mark.parametrize("k", [4, 6, 8, 12])
+def test_up2_matches_1d_definition_and_is_separable(k):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(1, 2, 5, 7, generator=g, dtype=torch.double)
+    t = torch.randn(k, generator=g, dtype=torch.double)
+    out = up2(x, t, 9, 13).numpy()
+    tn = t.numpy()
+    for ch in range(2):
+        rows = np.stack([naive_up2(r, tn) for r in x[0, ch].numpy()])  # along W
+        full = np.stack([naive_up2(col, tn) for col in rows.T]).T  # along H
+        np.testing.assert_allclose(out[0, ch], full[:9, :13], rtol=1e-10, atol=1e-10)
+
+
+def test_initial_kernels_interpolate():
+    assert initial_tconv_kernel(4).tolist() == [0.25, 0.75, 0.75, 0.25]
+    assert initial_tconv_kernel(6).tolist() == [0.0, 0.25, 0.75, 0.75, 0.25, 0.0]
+    bic = bicubic_kernel_2x()
+    assert sum(bic) == pytest.approx(2.0) and bic[3] == pytest.approx(0.87890625)
+    ramp = torch.arange(6.0).view(1, 1, 1, 6).repeat(1, 1, 4, 1)
+    out = up2(ramp, initial_tconv_kernel(4), 8, 12)
+    # Bilinear, half-pixel centres: sample m sits at (m - 0.5) / 2, edges replicated.
+    expected = torch.clamp((torch.arange(12.0) - 0.5) / 2, 0, 5)
+    torch.testing.assert_close(out[0, 0, 0], expected)
+    x = torch.randn(1, 1, 6, 5)
+    torch.testing.assert_close(separable_filter(x, torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0])), x)
+
+
+def test_upsampling_channel_order_and_static_kernels():
+    cc = make(16, 16, latent_resolution=(0, 2), static_upsampling_kernel=True)
+    with torch.no_grad():
+        cc.latent_grids[2].fill_(1.0)  # only the coarsest grid is non zero
+    dense = cc.dense_latent(cc.quantized_flat_latents())
+    assert dense.shape == (1, 3, 16, 16)
+    assert torch.all(dense[0, 0] == 0) and torch.all(dense[0, 1] == 0)  # channel 0 = finest grid
+    torch.testing.assert_close(dense[0, 2], torch.full((16, 16), 16.0))  # constants survive upsampling
+    assert not any(p.requires_grad for p in cc.upsampling.parameters())
+
+
+def test_common_randomness_buffers_and_flags():
+    cc = make(12, 10, latent_resolution=(0, 2), flag_common_randomness=True, common_randomness_seed=7)
+    expected = common_randomness_grids(cc.arch)
+    assert len(expected) == 3
+    for i, g in enumerate(expected):
+        assert torch.equal(getattr(cc, f"common_randomness_{i}")[0, 0], torch.from_numpy(g))
+    assert not any("common_randomness" in n for n, _ in cc.named_parameters())
+    assert not any("common_randomness" in k for k in cc.state_dict())
+    flat = cc.quantized_flat_latents()  # latents are zero: only the noise is non zero
+    dense = cc.dense_latent(flat)
+    assert torch.all(dense[0, :3] == 0) and dense[0, 3:].abs().sum() > 0
+    assert torch.all(cc.dense_latent(flat, no_common_randomness=True) == 0)
+
+
+def test_final_upsampling_when_finest_level_is_not_zero():
+    cc = make(17, 23, latent_resolution=(1, 3), final_upsampling_type="bilinear")
+    assert cc.latent_grids[0].shape[-2:] == (9, 12)
+    assert cc().raw_out.shape == (1, 3, 17, 23)
+    assert module_macs(cc.arch)["final_upsampling"] == 4 * 3 * 17 * 23
+
+
+def test_synthesis_mac_count_by_hand():
+    p = CoolChicEncoderParameter(img_size=(10, 20), latent_resolution=(0, 2), spatial_context_arm=8,
+                                 n_hidden_layers_arm=1, ups_k_size=4, ups_preconcat_k_size=3,
+                                 layers_synthesis=["8-1-linear-relu", "X-3-linear-none"],
+                                 linear_stabiliser_synth=True)
+    arch = p.to_arch("rgb")
+    macs = module_macs(arch)
+    hw = 10 * 20
+    # 3 input channels -> 8 (1x1), 8 -> 3 (3x3), stabiliser 3 -> 3 (1x1)
+    assert macs["synthesis"] == (3 * 8 + 8 * 3 * 9 + 3 * 3) * hw
+    # ARM: 8x8 hidden + 2x8 output per coded value; grids 10x20, 5x10, 3x5
+    assert macs["arm"] == (64 + 16) * (200 + 50 + 15)
+    # level 1 -> 0: 2 channels, K/2 = 2 taps, H pass 10x10 + W pass 10x20; preconcat 2*3 taps
+    # level 2 -> 1: 1 channel, H pass 5x5 + W pass 5x10; preconcat
+    assert macs["upsampling"] == 2 * 2 * 10 * (10 + 20) + 6 * 200 + 1 * 2 * 5 * (5 + 10) + 6 * 50
+    cc = CoolChicEncoder(p)
+    assert cc.get_total_mac_per_pixel() == pytest.approx(sum(macs.values()) / hw)
+    assert total_mac_per_pixel(arch) == pytest.approx(cc.get_total_mac_per_pixel())
+    table = cc.str_complexity()
+    assert "| synthesis.layers.1.weight" in table and "(3, 8, 3, 3)" in table
+    assert table.startswith("| module")
+
+
+def test_gray_frame_has_one_output_channel():
+    p = CoolChicEncoderParameter(img_size=(8, 8), latent_resolution=(0, 2),
+                                 layers_synthesis=["8-1-linear-relu", "X-1-linear-none", "X-3-residual-none"])
+    cc = CoolChicEncoder(p, "gray")
+    assert cc.arch.n_out == 1 and cc().raw_out.shape == (1, 1, 8, 8)
