@@ -1,0 +1,173 @@
+"""coolchic-encode: the command line of the encoder.
+
+Reads an image (PNG, PPM/PGM, raw YUV), overfits a Cool-chic decoder to it,
+writes the bitstream atomically, decodes it with the torch-free runtime to
+check it, and prints a summary. Decoder-configuration options follow the
+reference Cool-chic (``--arm=X,Y``, ``--layers_synthesis=...``, ...) in both
+underscore and hyphen spellings, and override the ``--dec-cfg`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+PROG = "coolchic-encode"
+
+EPILOG = """\
+examples:
+  coolchic-encode -i kodim01.png -o kodim01.cool --lmbda 0.001 --preset fast
+  coolchic-encode -i clip_1920x1080_30p_yuv420_10b.yuv -o clip.cool --dec-cfg lop
+  coolchic-encode -i img.png -o img.cool --arm 24,2 --layers_synthesis 48-1-linear-relu,X-1-linear-none,X-3-residual-none
+
+Decoder configurations (--dec-cfg): vlop, lop, mop, hop, vhop, or a path to a .cfg file.
+Encoder presets (--preset): debug, fast, medium, slow, or a path to a .cfg file.
+With --workdir, an interrupted encode resumes from its last checkpoint.
+"""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Encode an image into a coolchic bitstream (overfitted neural codec).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("input and output")
+    io.add_argument("-i", "--input", required=True, type=Path, help="PNG (8/16 bit, RGB or gray), PPM/PGM, or raw .yuv")
+    io.add_argument("-o", "--output", required=True, type=Path, help="bitstream to write (written atomically)")
+    io.add_argument("--width", type=_positive_int, help="raw YUV: width, when the file name does not say it")
+    io.add_argument("--height", type=_positive_int, help="raw YUV: height, when the file name does not say it")
+    io.add_argument("--chroma", "--frame-data-type", dest="frame_data_type", choices=("yuv420", "yuv444"),
+                    help="raw YUV: chroma format, when the file name does not say it")
+    io.add_argument("--bitdepth", type=int, choices=range(8, 17), metavar="8..16",
+                    help="raw YUV: bit depth, when the file name does not say it")
+    io.add_argument("--frame", type=int, default=0, help="raw YUV: index of the frame to encode (default 0)")
+    io.add_argument("--export-onnx", type=Path, metavar="DIR",
+                    help="also export the upsampling + synthesis of this bitstream as ONNX into DIR")
+
+    rd = p.add_argument_group("rate-distortion and effort")
+    rd.add_argument("--lmbda", type=_positive_float, default=1e-3,
+                    help="rate constraint: loss = MSE + lmbda * rate (bpp). Default 1e-3")
+    rd.add_argument("--preset", default="fast", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
+    rd.add_argument("--n-itr", "--n_itr", type=_positive_int, help="override the preset's number of training iterations")
+    rd.add_argument("--substreams", type=int, default=2, choices=range(1, 65), metavar="1..64",
+                    help="independent latent substreams, decodable in parallel (default 2)")
+
+    dec = p.add_argument_group("decoder configuration (override --dec-cfg)")
+    dec.add_argument("--dec-cfg", "--dec_cfg", default="mop", help="vlop, lop, mop, hop, vhop or a .cfg path. Default mop")
+    dec.add_argument("--arm", help="ARM as <context and hidden width>,<hidden layers>, e.g. 16,2")
+    dec.add_argument("--layers-synthesis", "--layers_synthesis", dest="layers_synthesis",
+                     help="synthesis layers <out>-<kernel>-<linear|residual>-<relu|none>, comma separated")
+    dec.add_argument("--upsampling-kernel-size", "--upsampling_kernel_size", dest="upsampling_kernel_size",
+                     type=int, help="upsampling transposed-convolution kernel size (even, >= 4)")
+    dec.add_argument("--static-upsampling-kernel", "--static_upsampling_kernel", dest="static_upsampling_kernel",
+                     action="store_true", default=None, help="do not learn (nor transmit) the upsampling kernels")
+    dec.add_argument("--n-ft-per-res", "--n_ft_per_res", dest="n_ft_per_res",
+                     help="features per latent resolution, e.g. 1,1,1,1,1,1,1 (only 1s are supported)")
+
+    run = p.add_argument_group("execution")
+    run.add_argument("--workdir", type=Path, help="logs, archi.txt and checkpoints; an interrupted run resumes from here")
+    run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training device (default cpu)")
+    run.add_argument("--threads", type=_positive_int, help="CPU threads for training (default: all cores, at most 8)")
+    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def decoder_overrides(args: argparse.Namespace) -> dict:
+    """The reference-style decoder options given on the command line."""
+    keys = ("arm", "layers_synthesis", "upsampling_kernel_size", "static_upsampling_kernel", "n_ft_per_res")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return code
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return _fail("the encoder needs PyTorch: pip install 'coolchic[encoder]'")
+
+    from decoder_runtime.errors import CoolChicError
+    from decoder_runtime.image_io import read_image
+
+    from .api import encode_image, write_outputs
+
+    t_start = time.perf_counter()
+    try:
+        if not args.input.exists():
+            return _fail(f"input file not found: {args.input}")
+        if args.output.exists() and args.output.is_dir():
+            return _fail(f"output is a directory: {args.output}")
+        if not args.output.parent.exists():
+            return _fail(f"output directory does not exist: {args.output.parent}")
+        image = read_image(
+            args.input, width=args.width, height=args.height,
+            frame_data_type=args.frame_data_type, bitdepth=args.bitdepth, frame_index=args.frame,
+        )
+        result = encode_image(
+            image,
+            lmbda=args.lmbda,
+            preset=args.preset,
+            dec_cfg=args.dec_cfg,
+            overrides=decoder_overrides(args),
+            n_itr=args.n_itr,
+            device=args.device,
+            threads=args.threads,
+            workdir=args.workdir,
+            seed=args.seed,
+            n_substreams=args.substreams,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+        write_outputs(result, args.output, args.export_onnx)
+    except KeyboardInterrupt:
+        hint = f" Run it again with --workdir {args.workdir} to resume." if args.workdir else ""
+        print(f"\n{PROG}: interrupted; no output was written.{hint}", file=sys.stderr)
+        return 130
+    except CoolChicError as e:
+        return _fail(str(e))
+    except MemoryError:
+        return _fail("out of memory (try a smaller image or a lighter --dec-cfg)")
+    s = result.summary
+    elapsed = time.perf_counter() - t_start
+    print(
+        f"{args.output}: {s['bytes']} bytes, {s['bpp']:.4f} bpp, PSNR {s['psnr_db']:.2f} dB, "
+        f"{s['mac_per_pixel']:.0f} MAC/pixel, encode {elapsed:.1f} s "
+        f"(training {s['train_s']:.1f} s, quantization {s['quantize_s']:.1f} s, check decode {s['decode_s']:.2f} s)"
+    )
+    if args.export_onnx:
+        print(f"ONNX upsampling + synthesis: {os.fspath(args.export_onnx)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

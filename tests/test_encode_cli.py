@@ -1,0 +1,126 @@
+"""coolchic-encode end to end: encode, decode, compare; option errors; atomic output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from decoder_runtime import decode
+from decoder_runtime.image_io import read_image
+from encoder import cli
+
+from conftest import REPO
+
+FAST = ["--preset", "debug", "--dec-cfg", "vlop", "--n-itr", "10", "--threads", "1", "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny_png(tmp_path_factory):
+    src = np.asarray(Image.open(REPO / "examples" / "kodim15_192x128.png").convert("RGB"))
+    path = tmp_path_factory.mktemp("img") / "tiny.png"
+    Image.fromarray(np.ascontiguousarray(src[40:72, 60:108])).save(path)  # 48x32
+    return path
+
+
+def _run(args, capsys):
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_encode_then_decode(tiny_png, tmp_path, capsys):
+    out = tmp_path / "tiny.cool"
+    code, stdout, err = _run(["-i", tiny_png, "-o", out, *FAST], capsys)
+    assert code == 0, err
+    assert out.exists() and "bpp" in stdout and "PSNR" in stdout
+    dec = decode(out.read_bytes())
+    ref = read_image(tiny_png)
+    assert dec.image.height == 32 and dec.image.width == 48 and dec.frame_data_type == "rgb"
+    # A 10-iteration encode is poor but far from noise.
+    mse = np.mean((dec.to_numpy().astype(float) - ref.to_hwc().astype(float)) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 15
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.cool"]  # no temporary left behind
+
+
+def test_encode_yuv420_10bit(tmp_path, capsys):
+    src = REPO.parent / "shared" / "data" / "coolchic-testdata" / "kodim15_192x128_01p_yuv420_10b.yuv"
+    if not src.exists():
+        pytest.skip("shared test data not present")
+    out = tmp_path / "k.cool"
+    code, _, err = _run(["-i", src, "-o", out, *FAST], capsys)
+    assert code == 0, err
+    dec = decode(out.read_bytes())
+    assert (dec.frame_data_type, dec.bitdepth) == ("yuv420", 10)
+    assert [p.shape for p in dec.image.planes] == [(128, 192), (64, 96), (64, 96)]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-i", "missing.png", "-o", "{out}"], "input file not found"),
+        (["-i", "{png}", "-o", "{out}", "--dec-cfg", "nosuchcfg"], "nosuchcfg"),
+        (["-i", "{png}", "-o", "{out}", "--arm", "12,2"], "multiple of 8"),
+        (["-i", "{png}", "-o", "{out}", "--layers_synthesis", "8-2-linear-relu,X-1-linear-none"], "kernel size"),
+        (["-i", "{png}", "-o", "{out}", "--upsampling_kernel_size", "3"], "even"),
+        (["-i", "{bad}", "-o", "{out}"], "tiny.txt"),
+        (["-i", "{png}", "-o", "/nonexistent/dir/x.cool"], "does not exist"),
+    ],
+)
+def test_clear_errors(tiny_png, tmp_path, capsys, args, message):
+    bad = tmp_path / "tiny.txt"
+    bad.write_text("not an image")
+    args = [a.format(png=tiny_png, bad=bad, out=tmp_path / "x.cool") for a in args]
+    code, _, err = _run(FAST + args, capsys)
+    assert code != 0
+    assert message in err and "Traceback" not in err
+    assert err.startswith("coolchic-encode: error:")
+    assert not (tmp_path / "x.cool").exists()
+
+
+def test_unknown_cfg_key(tiny_png, tmp_path, capsys):
+    cfg = tmp_path / "my.cfg"
+    cfg.write_text("arm = 8,1\nlayers_synthesis = X-1-linear-none\nn_ft_per_res = 1,1\nbogus_key = 3\n")
+    code, _, err = _run(["-i", tiny_png, "-o", tmp_path / "x.cool", *FAST, "--dec-cfg", cfg], capsys)
+    assert code != 0 and "bogus_key" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("lmbda", ["0", "-1", "abc", "nan"])
+def test_bad_lambda(tiny_png, tmp_path, lmbda, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["-i", str(tiny_png), "-o", str(tmp_path / "x.cool"), "--lmbda", lmbda])
+    assert e.value.code == 2
+    assert "--lmbda" in capsys.readouterr().err
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for opt in ("--lmbda", "--preset", "--dec-cfg", "--arm", "--layers_synthesis", "--workdir", "--export-onnx"):
+        assert opt in text
+
+
+def test_interrupted_encode_leaves_no_output_and_resumes(tiny_png, tmp_path):
+    """SIGINT in the middle of training: no output file; the workdir checkpoint resumes."""
+    out = tmp_path / "x.cool"
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "encoder.cli", "-i", str(tiny_png), "-o", str(out), "--preset", "debug",
+           "--dec-cfg", "vlop", "--n-itr", "100000", "--threads", "1", "--workdir", str(work), "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (work / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (work / "checkpoint.pt").exists(), "no checkpoint after the warm-up"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
