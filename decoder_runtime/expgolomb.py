@@ -30,7 +30,8 @@ _MAX_PREFIX = 20
 def exp_golomb_nbits(values: np.ndarray, count: int) -> int:
     """Bits of signed Exp-Golomb codes of order ``count``: ``2*floor(log2(|v|+2^k)) - k + 1`` (+1 sign if v != 0)."""
     a = np.abs(np.asarray(values, dtype=np.int64)).ravel()
-    lengths = np.floor(np.log2(a + (1 << count))).astype(np.int64)
+    # frexp's exponent is exactly floor(log2(n)) + 1 for integers n >= 1.
+    lengths = np.frexp((a + (1 << count)).astype(np.float64))[1] - 1
     return int(np.sum(2 * lengths - count + 1) + np.count_nonzero(a))
 
 

@@ -9,23 +9,11 @@ from typing import Iterable, Tuple
 
 import numpy as np
 
-POSSIBLE_SHIFTS = tuple(range(17))  # quantization step 2^-s
-POSSIBLE_EXPGOL_COUNTS = tuple(range(13))
-MAX_PARAM_INT = (1 << 15) - 1  # largest |integer| the bitstream can carry
+from decoder_runtime.expgolomb import MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, exp_golomb_nbits
 
-
-def exp_golomb_nbits(values: np.ndarray, count: int) -> int:
-    """Bits of the signed Exp-Golomb codes of ``values`` with parameter ``count``.
-
-    Each value v costs ``2 * floor(log2(|v| + 2^k)) - k + 1`` bits, plus one sign
-    bit when v != 0.
-    """
-    a = np.abs(np.asarray(values, dtype=np.int64)).reshape(-1)
-    if a.size == 0:
-        return 0
-    # frexp gives floor(log2(n)) + 1 exactly for integers n >= 1.
-    e = np.frexp((a + (1 << count)).astype(np.float64))[1] - 1
-    return int(np.sum(2 * e - count + 1) + np.count_nonzero(a))
+POSSIBLE_SHIFTS = tuple(range(MAX_SHIFT + 1))  # quantization step 2^-s
+POSSIBLE_EXPGOL_COUNTS = tuple(range(MAX_COUNT + 1))
+MAX_PARAM_INT = MAX_ABS_VALUE  # largest |integer| the bitstream can carry
 
 
 def best_expgol_count(values: np.ndarray, counts: Iterable[int] = POSSIBLE_EXPGOL_COUNTS) -> Tuple[int, int]:

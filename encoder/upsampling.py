@@ -10,38 +10,26 @@ have exactly the shapes the bitstream carries.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def bicubic_kernel_2x(a: float = -0.75) -> List[float]:
-    """The 8 taps of 2x bicubic interpolation with half-pixel centres (sum = 2)."""
-
-    def w(x: float) -> float:
-        x = abs(x)
-        if x <= 1:
-            return (a + 2) * x**3 - (a + 3) * x**2 + 1
-        if x < 2:
-            return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
-        return 0.0
-
-    return [w((j - 3.5) / 2) for j in range(8)]
+from decoder_runtime.upsampling_kernels import default_upsampling_kernels
 
 
 def initial_tconv_kernel(k: int) -> Tensor:
-    """Full kernel of size ``k``: bilinear for 4 and 6, bicubic from 8, zero padded, centred."""
-    base = [0.25, 0.75, 0.75, 0.25] if k < 8 else bicubic_kernel_2x()
-    pad = (k - len(base)) // 2
-    return torch.tensor([0.0] * pad + base + [0.0] * pad)
+    """Full kernel of size ``k``: bilinear for 4 and 6, bicubic from 8, zero padded, centred.
+
+    The runtime's definition, so that static kernels mean the same on both sides.
+    """
+    return torch.from_numpy(default_upsampling_kernels(k, 1)[0].astype("float32"))
 
 
 def initial_preconcat_kernel(k: int) -> Tensor:
-    t = torch.zeros(k)
-    t[k // 2] = 1.0
-    return t
+    """A unit impulse of odd size ``k``: the pre-concatenation filter starts as identity."""
+    return torch.from_numpy(default_upsampling_kernels(4, k)[1].astype("float32"))
 
 
 class HalfKernel(nn.Module):
