@@ -52,6 +52,13 @@ def with_main_iterations(preset: EncoderPreset, n_itr: int) -> EncoderPreset:
     raise ConfigError(f"preset {preset.preset_name!r} has no main training phase to set --n-itr on")
 
 
+def default_substreams(height: int) -> int:
+    """One substream per 256 rows: parallel decoding of large images, while the
+    context lost at stripe boundaries stays near 0.3 % of the latent rate
+    (kodim01, mop: 2 substreams cost 0.33 % more than 1, 4 cost 1.4 %)."""
+    return max(1, min(64, height // 256))
+
+
 def psnr_db(a: RawImage, b: RawImage) -> float:
     """PSNR over all planes (weighted by their sizes), peak 2^bitdepth - 1."""
     se, n = 0.0, 0
@@ -100,11 +107,12 @@ def encode_image(
     threads: Optional[int] = None,
     workdir: Optional[Path] = None,
     seed: int = 0,
-    n_substreams: int = 2,
+    n_substreams: Optional[int] = None,
     progress: bool = False,
 ) -> EncodedImage:
     """Overfit a decoder to ``image`` and return a verified bitstream.
 
+    ``n_substreams``: independent latent substreams (None: one per 256 rows).
     Raises ConfigError for bad options, EncodeError if the bitstream does not
     decode to what the encoder computed.
     """
@@ -134,7 +142,7 @@ def encode_image(
     t1 = time.perf_counter()
     state = export_state(fe)
     written = write_bitstream(state.arch, state.q_params, state.shifts, state.expgol, state.latents,
-                              n_substreams=n_substreams)
+                              n_substreams=n_substreams or default_substreams(image.height))
     t_write = time.perf_counter() - t1
 
     t2 = time.perf_counter()

@@ -58,43 +58,43 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     io = p.add_argument_group("input and output")
-    io.add_argument("-i", "--input", required=True, type=Path, help="PNG (8/16 bit, RGB or gray), PPM/PGM, or raw .yuv")
-    io.add_argument("-o", "--output", required=True, type=Path, help="bitstream to write (written atomically)")
-    io.add_argument("--width", type=_positive_int, help="raw YUV: width, when the file name does not say it")
-    io.add_argument("--height", type=_positive_int, help="raw YUV: height, when the file name does not say it")
+    io.add_argument("-i", "--input", required=True, type=Path, metavar="IMAGE", help="PNG (8/16 bit, RGB or gray), PPM/PGM, or raw .yuv")
+    io.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.cool", help="bitstream to write (written atomically)")
+    io.add_argument("--width", type=_positive_int, metavar="W", help="raw YUV: width, when the file name does not say it")
+    io.add_argument("--height", type=_positive_int, metavar="H", help="raw YUV: height, when the file name does not say it")
     io.add_argument("--chroma", "--frame-data-type", dest="frame_data_type", choices=("yuv420", "yuv444"),
                     help="raw YUV: chroma format, when the file name does not say it")
     io.add_argument("--bitdepth", type=int, choices=range(8, 17), metavar="8..16",
                     help="raw YUV: bit depth, when the file name does not say it")
-    io.add_argument("--frame", type=int, default=0, help="raw YUV: index of the frame to encode (default 0)")
+    io.add_argument("--frame", type=int, default=0, metavar="N", help="raw YUV: index of the frame to encode (default 0)")
     io.add_argument("--export-onnx", type=Path, metavar="DIR",
                     help="also export the upsampling + synthesis of this bitstream as ONNX into DIR")
 
     rd = p.add_argument_group("rate-distortion and effort")
-    rd.add_argument("--lmbda", type=_positive_float, default=1e-3,
+    rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
                     help="rate constraint: loss = MSE + lmbda * rate (bpp). Default 1e-3")
-    rd.add_argument("--preset", default="fast", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
-    rd.add_argument("--n-itr", "--n_itr", type=_positive_int, help="override the preset's number of training iterations")
-    rd.add_argument("--substreams", type=int, default=2, choices=range(1, 65), metavar="1..64",
-                    help="independent latent substreams, decodable in parallel (default 2)")
+    rd.add_argument("--preset", default="fast", metavar="NAME", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
+    rd.add_argument("--n-itr", "--n_itr", type=_positive_int, metavar="N", help="override the preset's number of training iterations")
+    rd.add_argument("--substreams", type=int, default=None, choices=range(1, 65), metavar="1..64",
+                    help="independent latent substreams, decodable in parallel (default: one per 256 rows)")
 
     dec = p.add_argument_group("decoder configuration (override --dec-cfg)")
-    dec.add_argument("--dec-cfg", "--dec_cfg", default="mop", help="vlop, lop, mop, hop, vhop or a .cfg path. Default mop")
-    dec.add_argument("--arm", help="ARM as <context and hidden width>,<hidden layers>, e.g. 16,2")
-    dec.add_argument("--layers-synthesis", "--layers_synthesis", dest="layers_synthesis",
+    dec.add_argument("--dec-cfg", "--dec_cfg", default="mop", metavar="NAME", help="vlop, lop, mop, hop, vhop or a .cfg path. Default mop")
+    dec.add_argument("--arm", metavar="X,Y", help="ARM as <context and hidden width>,<hidden layers>, e.g. 16,2")
+    dec.add_argument("--layers-synthesis", "--layers_synthesis", dest="layers_synthesis", metavar="LAYERS",
                      help="synthesis layers <out>-<kernel>-<linear|residual>-<relu|none>, comma separated")
     dec.add_argument("--upsampling-kernel-size", "--upsampling_kernel_size", dest="upsampling_kernel_size",
-                     type=int, help="upsampling transposed-convolution kernel size (even, >= 4)")
+                     type=int, metavar="K", help="upsampling transposed-convolution kernel size (even, >= 4)")
     dec.add_argument("--static-upsampling-kernel", "--static_upsampling_kernel", dest="static_upsampling_kernel",
                      action="store_true", default=None, help="do not learn (nor transmit) the upsampling kernels")
-    dec.add_argument("--n-ft-per-res", "--n_ft_per_res", dest="n_ft_per_res",
+    dec.add_argument("--n-ft-per-res", "--n_ft_per_res", dest="n_ft_per_res", metavar="LIST",
                      help="features per latent resolution, e.g. 1,1,1,1,1,1,1 (only 1s are supported)")
 
     run = p.add_argument_group("execution")
-    run.add_argument("--workdir", type=Path, help="logs, archi.txt and checkpoints; an interrupted run resumes from here")
+    run.add_argument("--workdir", type=Path, metavar="DIR", help="logs, archi.txt and checkpoints; an interrupted run resumes from here")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training device (default cpu)")
-    run.add_argument("--threads", type=_positive_int, help="CPU threads for training (default: all cores, at most 8)")
-    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for training (default: all cores, at most 8)")
+    run.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 

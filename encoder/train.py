@@ -310,9 +310,12 @@ def _save_checkpoint(path: str, stage_done: int, fe: FrameEncoder, fingerprint: 
 
 
 def _load_checkpoint(path: str, fingerprint: str):
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("version") != CHECKPOINT_VERSION:
-        raise EncodeError(f"{path}: unsupported checkpoint version {blob.get('version')!r}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise EncodeError(f"{path}: unreadable checkpoint ({type(e).__name__}); remove it to start over") from None
+    if not isinstance(blob, dict) or blob.get("version") != CHECKPOINT_VERSION:
+        raise EncodeError(f"{path}: not a checkpoint of this encoder version; remove it to start over")
     if blob["fingerprint"] != fingerprint:
         raise EncodeError(
             f"{path} was written for another image, architecture, preset, lambda or seed; "

@@ -124,3 +124,11 @@ def test_interrupted_encode_leaves_no_output_and_resumes(tiny_png, tmp_path):
     assert "interrupted" in err and "Traceback" not in err
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_damaged_checkpoint_is_a_clear_error(tiny_png, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "checkpoint.pt").write_bytes(b"\x00garbage")
+    code, _, err = _run(["-i", tiny_png, "-o", tmp_path / "x.cool", *FAST, "--workdir", work], capsys)
+    assert code != 0 and "checkpoint" in err and "Traceback" not in err
