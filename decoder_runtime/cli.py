@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="threads for latent decoding and for onnxruntime (default: 1)",
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type of the counts both CLIs take (threads, iterations)."""
     try:
         v = int(text)
     except ValueError:

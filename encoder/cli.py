@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from decoder_runtime.cli import positive_int
+
 PROG = "coolchic-encode"
 
 EPILOG = """\
@@ -40,16 +42,6 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -60,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("input and output")
     io.add_argument("-i", "--input", required=True, type=Path, metavar="IMAGE", help="PNG (8/16 bit, RGB or gray), PPM/PGM, or raw .yuv")
     io.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.cool", help="bitstream to write (written atomically)")
-    io.add_argument("--width", type=_positive_int, metavar="W", help="raw YUV: width, when the file name does not say it")
-    io.add_argument("--height", type=_positive_int, metavar="H", help="raw YUV: height, when the file name does not say it")
+    io.add_argument("--width", type=positive_int, metavar="W", help="raw YUV: width, when the file name does not say it")
+    io.add_argument("--height", type=positive_int, metavar="H", help="raw YUV: height, when the file name does not say it")
     io.add_argument("--chroma", "--frame-data-type", dest="frame_data_type", choices=("yuv420", "yuv444"),
                     help="raw YUV: chroma format, when the file name does not say it")
     io.add_argument("--bitdepth", type=int, choices=range(8, 17), metavar="8..16",
@@ -74,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
                     help="rate constraint: loss = MSE + lmbda * rate (bpp). Default 1e-3")
     rd.add_argument("--preset", default="fast", metavar="NAME", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
-    rd.add_argument("--n-itr", "--n_itr", type=_positive_int, metavar="N", help="override the preset's number of training iterations")
+    rd.add_argument("--n-itr", "--n_itr", type=positive_int, metavar="N", help="override the preset's number of training iterations")
     rd.add_argument("--substreams", type=int, default=None, choices=range(1, 65), metavar="1..64",
                     help="independent latent substreams, decodable in parallel (default: one per 256 rows)")
 
@@ -93,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("execution")
     run.add_argument("--workdir", type=Path, metavar="DIR", help="logs, archi.txt and checkpoints; an interrupted run resumes from here")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training device (default cpu)")
-    run.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for training (default: all cores, at most 8)")
+    run.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for training (default: all cores, at most 8)")
     run.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
