@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import decimal
 import functools
+import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,9 +120,12 @@ class ProbTables:
     half_width: np.ndarray  # int64 [N_SCALE]
 
 
-@functools.lru_cache(maxsize=1)
-def get_tables() -> ProbTables:
-    """Build (once per process) the tables of every (frac, k) pair."""
+# The tables are part of the format: version 1 decoders all use these bytes.
+TABLES_SHA256 = "34ff9401f1affa91300683fe5d7e4e9d1acfb943128942a97b57ccb7a6fd97ed"
+
+
+def build_tables() -> ProbTables:
+    """Compute the tables of every (frac, k) pair (about 50 ms)."""
     offsets = np.zeros((N_FRAC, N_SCALE), dtype=np.int64)
     by_scale = [_scale_tables(k) for k in range(N_SCALE)]
     rows, pos = [], 0
@@ -132,9 +137,52 @@ def get_tables() -> ProbTables:
             rows.append(row)
     cum = np.concatenate(rows).astype(np.int32)
     widths = np.array([half_width(k) for k in range(N_SCALE)], dtype=np.int64)
+    return _frozen(cum, offsets, widths)
+
+
+def _frozen(cum, offsets, widths) -> ProbTables:
     for a in (cum, offsets, widths):
         a.setflags(write=False)
     return ProbTables(cum, offsets, widths)
+
+
+def _cache_file() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "coolchic", f"prob_tables_{TABLES_SHA256[:16]}.npz")
+
+
+def _load_cached(path: str):
+    try:
+        with np.load(path) as z:
+            cum, offsets, widths = z["cum"], z["offset"], z["half_width"]
+    except Exception:  # missing, truncated, not a zip, wrong keys: rebuild
+        return None
+    # A damaged or foreign cache file is ignored: the bytes must be the pinned ones.
+    if (cum.dtype != np.int32 or offsets.shape != (N_FRAC, N_SCALE) or widths.shape != (N_SCALE,)
+            or hashlib.sha256(cum.tobytes()).hexdigest() != TABLES_SHA256):
+        return None
+    if not np.array_equal(widths, [half_width(k) for k in range(N_SCALE)]):
+        return None
+    return _frozen(cum.copy(), offsets.astype(np.int64), widths.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def get_tables() -> ProbTables:
+    """The tables, from the user cache when a verified copy is there, else built (and cached)."""
+    path = _cache_file()
+    tables = _load_cached(path)
+    if tables is not None:
+        return tables
+    tables = build_tables()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, cum=tables.cum, offset=tables.offset, half_width=tables.half_width)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs the rebuild next time
+    return tables
 
 
 def symbol_bits(tables: ProbTables, frac: int, k: int, r: int) -> float:

@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 
 from decoder_runtime import range_coder as rd
-from decoder_runtime.prob_tables import N_FRAC, N_SCALE, TOTAL, get_tables, half_width, symbol_bits
+import os
+
+from decoder_runtime import prob_tables
+from decoder_runtime.prob_tables import (
+    N_FRAC,
+    N_SCALE,
+    TABLES_SHA256,
+    TOTAL,
+    build_tables,
+    get_tables,
+    half_width,
+    symbol_bits,
+)
 from export import range_encoder as re_
 
 
@@ -23,12 +35,30 @@ def test_tables_are_valid_distributions():
 
 def test_tables_are_pinned():
     # Any change here changes every decoded latent: it needs a new format version.
-    t = get_tables()
+    t = build_tables()
     assert t.cum.size == 192560
     assert [half_width(k) for k in (0, 34, 68)] == [2, 11, 684]
-    assert hashlib.sha256(t.cum.tobytes()).hexdigest() == (
+    assert hashlib.sha256(t.cum.tobytes()).hexdigest() == TABLES_SHA256 == (
         "34ff9401f1affa91300683fe5d7e4e9d1acfb943128942a97b57ccb7a6fd97ed"
     )
+
+
+def test_table_cache_is_verified(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = prob_tables._cache_file()
+    get_tables.cache_clear()
+    try:
+        t = get_tables()  # builds and writes the cache
+        assert os.path.exists(path)
+        get_tables.cache_clear()
+        np.testing.assert_array_equal(get_tables().cum, t.cum)  # read back
+        with open(path, "r+b") as f:  # a damaged cache is ignored, not trusted
+            f.seek(200)
+            f.write(b"\xff" * 64)
+        get_tables.cache_clear()
+        np.testing.assert_array_equal(get_tables().cum, t.cum)
+    finally:
+        get_tables.cache_clear()
 
 
 def test_peaked_table_costs_almost_nothing_for_zero():
