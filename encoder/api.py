@@ -171,7 +171,6 @@ def encode_image(
         "max_code_value_diff": max_diff,
         "iterations": result.iterations,
         "train_s": t_train,
-        "quantize_s": 0.0,
         "write_s": t_write,
         "decode_s": t_decode,
     }

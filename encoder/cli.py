@@ -154,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(
         f"{args.output}: {s['bytes']} bytes, {s['bpp']:.4f} bpp, PSNR {s['psnr_db']:.2f} dB, "
         f"{s['mac_per_pixel']:.0f} MAC/pixel, encode {elapsed:.1f} s "
-        f"(training {s['train_s']:.1f} s, quantization {s['quantize_s']:.1f} s, check decode {s['decode_s']:.2f} s)"
+        f"(training and quantization {s['train_s']:.1f} s, bitstream {s['write_s']:.2f} s, check decode {s['decode_s']:.2f} s)"
     )
     if args.export_onnx:
         print(f"ONNX upsampling + synthesis: {os.fspath(args.export_onnx)}")
