@@ -27,7 +27,7 @@ from .coolchic import CoolChicEncoderParameter
 from .cpu import configure_cpu
 from .frame_encoder import FrameData, FrameEncoder, as_frame_data, load_frame_encoder
 from .loss import LossFunctionOutput, loss_function
-from .quantize_model import quantize_model
+from .quantizemodel import quantize_model
 from .quantizer import QUANTIZER_NOISE_TYPES, QUANTIZER_TYPES
 
 MODULES_TO_OPTIMIZE = ("all", "latent", "arm", "ifce", "upsampling", "synthesis")

@@ -132,3 +132,10 @@ def test_damaged_checkpoint_is_a_clear_error(tiny_png, tmp_path, capsys):
     (work / "checkpoint.pt").write_bytes(b"\x00garbage")
     code, _, err = _run(["-i", tiny_png, "-o", tmp_path / "x.cool", *FAST, "--workdir", work], capsys)
     assert code != 0 and "checkpoint" in err and "Traceback" not in err
+
+
+def test_runtime_only_install_explains_missing_torch():
+    code = "import sys; sys.modules['torch'] = None; from encoder.cli import main; sys.exit(main(['-i', 'a.png', '-o', 'b.cool']))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "needs PyTorch" in r.stderr and "Traceback" not in r.stderr
