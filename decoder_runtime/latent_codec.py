@@ -12,7 +12,6 @@ a wave is already decoded, so the ARM runs once per wave on all its pixels
 
 from __future__ import annotations
 
-import os
 from typing import List, Sequence
 
 import numba as nb
@@ -248,10 +247,6 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
             raise BitstreamError(f"grid {g.index} (level {g.level}): {_STATUS_TEXT.get(code, 'decoding failed')}")
         decoded.append(y_grid)
     return decoded
-
-
-def default_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def decode_latents(bs, threads: int = 1) -> List[np.ndarray]:

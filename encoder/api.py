@@ -25,7 +25,7 @@ from decoder_runtime.errors import ConfigError, EncodeError
 from decoder_runtime.frame import RawImage
 from export.bitstream_writer import WrittenBitstream, write_bitstream
 
-from .frame_encoder import FrameEncoder, as_frame_data
+from .frame_encoder import FrameEncoder
 from .presets import decoder_config_to_param, load_decoder_config, load_encoder_preset
 from .state import export_state, float_rate_per_grid
 from .train import EncoderPreset, ProgressInfo, encode_frame

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from decoder_runtime.arch import stripe_bounds
 from decoder_runtime.arm_int import build_int_arm
 from decoder_runtime.latent_codec import context_arrays, grid_ifce
-from decoder_runtime.prob_tables import get_tables
 from encoder import arm_float_outputs, encode_frame, export_state, float_rate_per_grid, load_encoder_preset
 from encoder.presets import decoder_config_to_param, load_decoder_config
 from export.bitstream_writer import write_bitstream
