@@ -21,8 +21,8 @@ _TENSOR_TYPES = {np.dtype(np.float32): 1, np.dtype(np.int64): 7}
 _ATTR_FLOAT, _ATTR_INT, _ATTR_STRING, _ATTR_INTS = 1, 2, 3, 7
 
 
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1  # negative int64 values are sent as their two's complement
+def leb128(v: int) -> bytes:
+    """Unsigned LEB128 (protobuf's varint, and the coolchic header's), ``v >= 0``."""
     out = bytearray()
     while True:
         b = v & 0x7F
@@ -32,6 +32,10 @@ def _varint(v: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
+
+
+def _varint(v: int) -> bytes:
+    return leb128(v & ((1 << 64) - 1))  # negative int64 values are sent as their two's complement
 
 
 def _key(field: int, wire: int) -> bytes:

@@ -20,6 +20,7 @@ from decoder_runtime.bitstream import FORMAT_VERSION, MAGIC, MAX_SUBSTREAMS, rea
 from decoder_runtime.errors import BitstreamError, EncodeError
 from decoder_runtime.expgolomb import COUNT_BITS, MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, SHIFT_BITS, module_kinds
 from decoder_runtime.latent_codec import decode_latent_grids
+from decoder_runtime.onnx_proto import leb128
 
 from .latent_encoder import encode_latent_grids
 
@@ -27,15 +28,7 @@ from .latent_encoder import encode_latent_grids
 def varint(v: int) -> bytes:
     if v < 0:
         raise EncodeError(f"cannot write negative value {v} as a varint")
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return leb128(v)
 
 
 class _BitWriter:
