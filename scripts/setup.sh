@@ -8,7 +8,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.coolchic-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet -e ".[encoder,test]"
   touch "$stamp"
 fi
