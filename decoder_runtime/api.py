@@ -21,6 +21,7 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
+from .arch import synthesis_latents
 from .errors import BitstreamError
 from .frame import RawImage
 
@@ -104,10 +105,7 @@ def decode(
     t1 = time.perf_counter()
     grids = decode_latents(bs, threads=threads)
     t2 = time.perf_counter()
-    coded = bs.arch.coded_grids()
-    latents = [
-        grids[g.index] for g in sorted((g for g in coded if not g.hyper), key=lambda g: g.latent_index)
-    ]
+    latents = synthesis_latents(bs.arch, grids)
     image = reconstruct(bs.arch, bs.float_params(), latents, provider=provider, threads=threads, timings=t)
     t["parse"] = t1 - t0
     t["latents"] = t2 - t1

@@ -11,7 +11,7 @@ See ``docs/architecture.md`` for the maths.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from .errors import ConfigError
 
@@ -196,6 +196,13 @@ def coded_grids(arch: DecoderArch) -> Tuple[CodedGrid, ...]:
                 src = pos - 1
         out.append(CodedGrid(pos, lv, not is_latent, idx, gh, gw, src))
     return tuple(out)
+
+
+def synthesis_latents(arch: DecoderArch, coded: Sequence) -> list:
+    """The latent grids the synthesis reads (finest first), from values in
+    ``coded_grids()`` order; hyper-latents only serve the entropy model."""
+    grids = sorted((g for g in arch.coded_grids() if not g.hyper), key=lambda g: g.latent_index)
+    return [coded[g.index] for g in grids]
 
 
 def arm_context_offsets(n_context: int) -> Tuple[Tuple[int, int], ...]:

@@ -50,12 +50,17 @@ class Bitstream:
 
     def float_params(self) -> Dict[str, np.ndarray]:
         """Dequantized parameters ``q * 2^-s`` as float32 (exact)."""
-        out = {}
-        for name, q in self.q_params.items():
-            module = name.split(".", 1)[0]
-            kind = "bias" if name.endswith("bias") else "weight"
-            out[name] = q.astype(np.float32) * np.float32(2.0 ** -self.shifts[(module, kind)])
-        return out
+        return dequantize(self.q_params, self.shifts)
+
+
+def dequantize(q_params: Mapping[str, np.ndarray], shifts: Mapping[Tuple[str, str], int]) -> Dict[str, np.ndarray]:
+    """``q * 2^-s`` as float32, exact for |q| < 2^24; s is looked up by (module, kind) of the name."""
+    out = {}
+    for name, q in q_params.items():
+        module = name.split(".", 1)[0]
+        kind = "bias" if name.endswith("bias") else "weight"
+        out[name] = np.asarray(q).astype(np.float32) * np.float32(2.0 ** -shifts[(module, kind)])
+    return out
 
 
 class _Reader:

@@ -18,7 +18,7 @@ import numba as nb
 import numpy as np
 
 from .arch import DecoderArch, arm_context_offsets, stripe_bounds, wavefront_slope
-from .arm_int import FRAC, IntArm, arm_forward, ifce_forward
+from .arm_int import FRAC, IntArm, arm_forward, build_int_arm, ifce_forward
 from .errors import BitstreamError
 from .prob_tables import get_tables
 from .range_coder import (
@@ -251,7 +251,5 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
 
 def decode_latents(bs, threads: int = 1) -> List[np.ndarray]:
     """Decode the latents of a parsed bitstream (``bitstream.read_bitstream``)."""
-    from .arm_int import build_int_arm
-
     arm = build_int_arm(bs.arch, bs.q_params, bs.shifts)
     return decode_latent_grids(bs.arch, arm, bs.substreams, threads)

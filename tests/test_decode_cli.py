@@ -10,6 +10,7 @@ import pytest
 
 import decoder_runtime
 from decoder_runtime import api, cli
+from decoder_runtime.arch import synthesis_latents
 from decoder_runtime.bitstream import read_bitstream
 from decoder_runtime.errors import BitstreamError, ProviderError
 from decoder_runtime.image_io import read_image
@@ -28,9 +29,7 @@ def _bitstream(arch, seed=0):
         if name.startswith(("synthesis", "upsampling")):
             q[name] = np.round(v * 64).astype(np.int32)
     data = write_bitstream(arch, q, shifts, expgol, coded, 2).data
-    latents = [coded[g.index] for g in sorted((g for g in arch.coded_grids() if not g.hyper),
-                                              key=lambda g: g.latent_index)]
-    return data, latents
+    return data, synthesis_latents(arch, coded)
 
 
 @pytest.fixture(scope="module")

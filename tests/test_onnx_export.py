@@ -20,7 +20,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from decoder_runtime import decode  # noqa: E402
-from decoder_runtime.arch import modules_to_send, param_layout  # noqa: E402
+from decoder_runtime.arch import modules_to_send, param_layout, synthesis_latents  # noqa: E402
+from decoder_runtime.bitstream import dequantize  # noqa: E402
 from decoder_runtime.common_randomness import common_randomness_grids  # noqa: E402
 from decoder_runtime.errors import ConfigError  # noqa: E402
 from decoder_runtime.expgolomb import module_kinds  # noqa: E402
@@ -109,14 +110,7 @@ def quantized_frame_encoder(size, fdt="rgb", seed=0, **kw) -> FrameEncoder:
 def state_float_params_and_latents(fe):
     """What the decoder works from: ``q * 2^-s`` float32 weights and the integer latents, finest first."""
     st = export_state(fe)
-    params = {
-        name: q.astype(np.float32) * np.float32(2.0 ** -st.shifts[(name.split(".", 1)[0], "bias" if name.endswith(
-            "bias") else "weight")])
-        for name, q in st.q_params.items()
-    }
-    coded = st.arch.coded_grids()
-    latents = [st.latents[g.index] for g in sorted((g for g in coded if not g.hyper), key=lambda g: g.latent_index)]
-    return st.arch, params, latents
+    return st.arch, dequantize(st.q_params, st.shifts), synthesis_latents(st.arch, st.latents)
 
 
 @torch.no_grad()
