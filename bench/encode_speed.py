@@ -1,5 +1,6 @@
 """Encoder speed benchmark: milliseconds per training iteration on a 512x768
-Kodak image with the mop decoder configuration, on the CPU, plus the time of
+Kodak image with the mop decoder configuration, on the CPU (the main phase's
+step: forward, backward, gradient clipping, SOAP/Adam update), plus the time of
 quantize_model on the same image.
 
     .venv/bin/python bench/encode_speed.py [--image PATH] [--config mop] [--threads 2]
@@ -33,6 +34,7 @@ from encoder import (  # noqa: E402
     loss_function,
     quantize_model,
 )
+from encoder.optim import clip_network_grad, make_optimizer  # noqa: E402
 
 
 def read_rgb(path: str) -> RawImage:
@@ -61,7 +63,10 @@ def main(argv=None) -> None:
     print(f"image {args.image} ({raw.height}x{raw.width}), config {args.config}: "
           f"{cc.get_total_mac_per_pixel():.1f} MAC/pixel, torch {torch.__version__}, {threads} threads")
 
-    optimizer = torch.optim.Adam(fe.parameters(), lr=1e-2)
+    # The main phase's optimizer: SOAP on the networks, Adam on the latents.
+    latents = [p for p in fe.parameters() if any(p is q for q in list(cc.latent_grids) + list(cc.hyper_latent_grids))]
+    networks = [p for p in fe.parameters() if not any(p is q for q in latents)]
+    optimizer = make_optimizer(networks, latents, 1e-2)
     fe.set_to_train()
 
     def step() -> None:
@@ -70,6 +75,7 @@ def main(argv=None) -> None:
         loss = loss_function(out.decoded_planes, out.rate, frame.planes, args.lmbda).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        clip_network_grad(networks)
         optimizer.step()
 
     for _ in range(args.warmup):

@@ -125,13 +125,14 @@ def encode_image(
     if n_itr is not None:
         enc_preset = with_main_iterations(enc_preset, n_itr)
 
+    n_substreams = n_substreams or default_substreams(image.height)
     t0 = time.perf_counter()
     bar, callback = _progress_bar(enc_preset.total_iterations, progress)
     try:
         result = encode_frame(
             image, param, enc_preset, lmbda,
             workdir=str(workdir) if workdir else None, resume=workdir is not None,
-            device=device, seed=seed, callback=callback, num_threads=threads,
+            device=device, seed=seed, callback=callback, num_threads=threads, n_substreams=n_substreams,
         )
     finally:
         if bar is not None:
@@ -142,7 +143,7 @@ def encode_image(
     t1 = time.perf_counter()
     state = export_state(fe)
     written = write_bitstream(state.arch, state.q_params, state.shifts, state.expgol, state.latents,
-                              n_substreams=n_substreams or default_substreams(image.height))
+                              n_substreams=n_substreams)
     t_write = time.perf_counter() - t1
 
     t2 = time.perf_counter()

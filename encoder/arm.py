@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoder_runtime.arch import DecoderArch, arm_context_offsets
+from decoder_runtime.arch import DecoderArch, arm_context_offsets, stripe_bounds
+
+from .init import init_linear_weight_
 
 # ln b = out[1] - 4, clamped; the Laplace probability of a symbol is floored.
 LOG_SCALE_SHIFT = 4.0
@@ -47,9 +49,11 @@ class ArmIndices:
 
 
 @functools.lru_cache(maxsize=4)
-def build_arm_indices(arch: DecoderArch) -> ArmIndices:
+def build_arm_indices(arch: DecoderArch, n_substreams: int = 1) -> ArmIndices:
     """Gather indices of the ARM input for every coded value of ``arch``.
 
+    With ``n_substreams`` stripes per grid, context rows above a pixel's
+    stripe read 0, as in the decoder: training sees the context that is coded.
     Cached: warm-up candidates of one frame share them (read-only tensors).
     """
     grids = arch.coded_grids()
@@ -87,14 +91,19 @@ def build_arm_indices(arch: DecoderArch) -> ArmIndices:
         yy = torch.arange(g.h)[:, None]
         xx = torch.arange(g.w)[None, :]
         flat = (starts[g.index] + yy * g.w + xx).reshape(-1)
+        # First row of the stripe of each row (the decoder's context stops there).
+        r0 = torch.zeros(g.h, dtype=torch.int64)
+        for a, b in stripe_bounds(g.h, n_substreams):
+            r0[a:b] = a
         cols, gcols = [], []
         for j, (dy, dx) in enumerate(offsets):
             ny, nx = yy + dy, xx + dx
-            inside = (ny >= 0) & (ny < g.h) & (nx >= 0) & (nx < g.w)
+            inside = (ny >= r0[yy]) & (ny < g.h) & (nx >= 0) & (nx < g.w)
             cols.append(torch.where(inside, starts[g.index] + ny * g.w + nx, n).reshape(-1))
             # This value is the j-th neighbour of pixel (y - dy, x - dx), if that pixel exists.
             qy, qx = yy - dy, xx - dx
             qin = (qy >= 0) & (qy < g.h) & (qx >= 0) & (qx < g.w)
+            qin &= yy >= r0[qy.clamp(0, g.h - 1)]
             q = starts[g.index] + qy * g.w + qx
             gcols.append(torch.where(qin, q * d + j, n * d).reshape(-1))
         if nf:
@@ -160,8 +169,7 @@ class Ifce(nn.Module):
         self.reinitialize_parameters()
 
     def reinitialize_parameters(self) -> None:
-        bound = 1.0 / 3.0  # 1/sqrt(fan_in)
-        nn.init.uniform_(self.weight, -bound, bound)
+        init_linear_weight_(self.weight)
         nn.init.zeros_(self.bias)
 
     def forward(self, flat: Tensor, idx: ArmIndices) -> Tensor:
@@ -289,11 +297,10 @@ class ArmMLP(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         out = self.mlp[-1]
-        bound = 1.0 / out.weight.shape[1] ** 0.5
-        nn.init.uniform_(out.weight, -bound, bound)
+        init_linear_weight_(out.weight)
         nn.init.zeros_(out.bias)
         if self.stabiliser is not None:
-            nn.init.zeros_(self.stabiliser.weight)
+            init_linear_weight_(self.stabiliser.weight)
 
     def raw_output(self, u: Tensor) -> Tensor:
         """(N, 2) network output for the (N, D) inputs ``u``."""

@@ -26,8 +26,11 @@ examples:
   coolchic-encode -i clip_1920x1080_30p_yuv420_10b.yuv -o clip.cool --dec-cfg lop
   coolchic-encode -i img.png -o img.cool --arm 24,2 --layers_synthesis 48-1-linear-relu,X-1-linear-none,X-3-residual-none
 
-Decoder configurations (--dec-cfg): vlop, lop, mop, hop, vhop, or a path to a .cfg file.
-Encoder presets (--preset): debug, fast, medium, slow, or a path to a .cfg file.
+Decoder configurations (--dec-cfg): vlop, lop, mop, hop, vhop (about 330, 460,
+670, 2240, 2830 multiplications per pixel), or a path to a .cfg file.
+Encoder presets (--preset): fast, medium, slow (2000, 10000, 30000 iterations:
+warm-up among 5 then 2 candidates, main soft-round phase, 500 hard-round
+iterations, then network quantization and RDOQ), debug, or a .cfg file.
 With --workdir, an interrupted encode resumes from its last checkpoint.
 """
 
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
                     help="rate constraint: loss = MSE + lmbda * rate (bpp). Default 1e-3")
     rd.add_argument("--preset", default="fast", metavar="NAME", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
-    rd.add_argument("--n-itr", "--n_itr", type=positive_int, metavar="N", help="override the preset's number of training iterations")
+    rd.add_argument("--n-itr", "--n_itr", type=positive_int, metavar="N", help="override the iterations of the preset's main (soft-round) phase")
     rd.add_argument("--substreams", type=int, default=None, choices=range(1, 65), metavar="1..64",
                     help="independent latent substreams, decodable in parallel (default: one per 256 rows)")
 

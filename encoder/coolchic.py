@@ -32,7 +32,7 @@ from decoder_runtime.errors import ConfigError
 from . import complexity
 from .arm import ArmIndices, ArmMLP, Ifce, arm_input, build_arm_indices, laplace_rate, split_flat
 from .nn_rate import exp_golomb_nbits, quantize_to_int
-from .quantizer import LATENT_LIMIT, quantize
+from .quantizer import DEFAULT_ENCODER_GAIN, LATENT_LIMIT, quantize
 from .synthesis import Synthesis
 from .upsampling import Upsampling
 
@@ -69,7 +69,8 @@ class CoolChicEncoderParameter:
     hyper_latent_resolution: Optional[Tuple[int, int]] = None
     flag_common_randomness: bool = False
     img_size: Optional[Tuple[int, int]] = None
-    encoder_gain: int = 16
+    # None: chosen from lambda when encoding (quantizer.encoder_gain_for_lambda).
+    encoder_gain: Optional[int] = None
     final_upsampling_type: str = "bicubic"
     static_upsampling_kernel: bool = False
     common_randomness_seed: int = 0
@@ -83,7 +84,9 @@ class CoolChicEncoderParameter:
             raise ConfigError("img_size is not set: call with_image_size(height, width) first")
         if isinstance(self.layers_synthesis, str):
             raise ConfigError("layers_synthesis must be a list of layer strings, not one string")
-        if not (isinstance(self.encoder_gain, (int, float)) and self.encoder_gain > 0):
+        if self.encoder_gain is not None and not (
+            isinstance(self.encoder_gain, (int, float)) and self.encoder_gain > 0
+        ):
             raise ConfigError(f"encoder_gain must be a positive number, got {self.encoder_gain!r}")
         for name in ("spatial_context_arm", "n_hidden_layers_arm", "ups_k_size", "ups_preconcat_k_size",
                      "output_feature_ifce", "common_randomness_seed"):
@@ -148,7 +151,7 @@ class CoolChicEncoder(nn.Module):
         super().__init__()
         self.param = param
         self.arch = arch = param.to_arch(frame_data_type, bitdepth)
-        self.encoder_gain = float(param.encoder_gain)
+        self.encoder_gain = float(param.encoder_gain if param.encoder_gain is not None else DEFAULT_ENCODER_GAIN)
         self.modules_to_send = modules_to_send(arch)
         self.coded = arch.coded_grids()
 
@@ -169,12 +172,7 @@ class CoolChicEncoder(nn.Module):
         self.synthesis = Synthesis(arch.synthesis_in_channels, arch.layers_synthesis, arch.n_out,
                                    arch.linear_stabiliser_synth)
 
-        idx = build_arm_indices(arch)
-        self._arm_static = (idx.n, idx.grid_starts, idx.n_ifce_src)
-        for name in ("u_index", "grad_index", "ifce_input_index", "ifce_src_rows", "ifce_src_pixels"):
-            t = getattr(idx, name)
-            self.register_buffer(f"_arm_{name}", t if t is not None else torch.zeros(0, dtype=torch.int64),
-                                 persistent=False)
+        self.set_n_substreams(1)
 
         # Network quantization results (None until quantize_model ran): shift s of the
         # step 2^-s and Exp-Golomb count per module and kind.
@@ -199,6 +197,17 @@ class CoolChicEncoder(nn.Module):
             kinds = sorted({s.kind for s in param_layout(self.arch) if s.module == m}, reverse=True)
             self.nn_q_step[m] = {k: None for k in kinds}
             self.nn_expgol_cnt[m] = {k: None for k in kinds}
+
+    def set_n_substreams(self, n_substreams: int) -> None:
+        """Train with the context of ``n_substreams`` stripes per grid (what the bitstream codes)."""
+        idx = build_arm_indices(self.arch, int(n_substreams))
+        self.n_substreams = int(n_substreams)
+        self._arm_static = (idx.n, idx.grid_starts, idx.n_ifce_src)
+        for name in ("u_index", "grad_index", "ifce_input_index", "ifce_src_rows", "ifce_src_pixels"):
+            t = getattr(idx, name)
+            t = t if t is not None else torch.zeros(0, dtype=torch.int64)
+            old = getattr(self, f"_arm_{name}", None)
+            self.register_buffer(f"_arm_{name}", t.to(old.device) if old is not None else t, persistent=False)
 
     def arm_indices(self) -> ArmIndices:
         n, starts, n_src = self._arm_static

@@ -198,6 +198,10 @@ def decoder_config_to_param(
 
 
 # ---- encoder presets ----------------------------------------------------------
+def _auto_or_float(v: str) -> Optional[float]:
+    return None if v.strip().lower() == "auto" else float(v)
+
+
 ENCODER_OPTIONS: Dict[str, Callable[[str], Any]] = {
     "preset_name": lambda v: v.strip(),
     "n_itr": _int,  # main phase
@@ -210,10 +214,15 @@ ENCODER_OPTIONS: Dict[str, Callable[[str], Any]] = {
     "quantizer_noise_type": lambda v: v.strip(),
     "warmup": lambda v: v.strip(),  # "5x400,2x400": candidates x iterations per phase, or "none"
     "warmup_lr": _float,
-    "warmup_noise_parameter": _float,
-    "ste_itr": _int,
-    "ste_lr": _float,
+    "warmup_noise_parameter": _auto_or_float,  # "auto": from lambda (optim.warmup_noise_level)
+    "warmup_softround_temperature": _float,
+    "final_itr": _int,
+    "final_lr": _float,
+    "final_quantizer": lambda v: v.strip(),  # hardround (latents frozen) or ste
+    "rdoq": _bool,  # rate-distortion optimised network quantization after quantize_model
 }
+# Earlier spellings of the final phase's options.
+ENCODER_OPTION_ALIASES = {"ste_itr": "final_itr", "ste_lr": "final_lr"}
 
 
 def _warmup_spec(v: str) -> List[Tuple[int, int]]:
@@ -233,10 +242,15 @@ def _warmup_spec(v: str) -> List[Tuple[int, int]]:
 def load_encoder_preset(name_or_path: str) -> EncoderPreset:
     """EncoderPreset from a bundled preset name (debug, fast, medium, slow) or a path.
 
-    Layout (C3's recipe): warm-up phases at constant learning rate with
-    Kumaraswamy noise, one main phase with cosine learning rate and soft round
-    (temperature and Gaussian noise decreasing linearly), then a short
-    straight-through (hard round) phase ending with network quantization.
+    Layout (the reference Cool-chic 5.0.1's intra recipe): warm-up phases at
+    constant learning rate with Gaussian noise whose level follows lambda; one
+    main phase with cosine learning rate and soft round (temperature and noise
+    decreasing linearly); a final phase at a low learning rate with hard-rounded,
+    frozen latents, ending with network quantization. SOAP trains the networks
+    (betas 0.95, 0.95; preconditioner refreshed every step in the warm-up, every
+    10 steps after), Adam the latents (betas 0.725, 0.97 in the warm-up, 0.9,
+    0.999 after). ``rdoq = false`` skips the rate-distortion optimised
+    quantization of the networks that follows ``quantize_model``.
     """
     text, source = _read_cfg_text("enc", name_or_path)
     raw = parse_cfg_text(text, source)
@@ -247,16 +261,20 @@ def load_encoder_preset(name_or_path: str) -> EncoderPreset:
         "patience": 5000,
         "freq_valid": 100,
         "schedule_lr": True,
-        "softround_temperature": (0.3, 0.1),
-        "noise_parameter": (0.25, 0.1),
+        "softround_temperature": (0.35, 0.08),
+        "noise_parameter": (0.22, 0.15),
         "quantizer_noise_type": "gaussian",
         "warmup": "5x400,2x400",
         "warmup_lr": None,
-        "warmup_noise_parameter": 2.0,
-        "ste_itr": 1500,
-        "ste_lr": 1e-4,
+        "warmup_noise_parameter": None,
+        "warmup_softround_temperature": 0.35,
+        "final_itr": 500,
+        "final_lr": 1e-4,
+        "final_quantizer": "hardround",
+        "rdoq": True,
     }
     for key, value in raw.items():
+        key = ENCODER_OPTION_ALIASES.get(key, key)
         if key not in ENCODER_OPTIONS:
             raise ConfigError(f"{source}: unknown encoder preset option {key!r}; "
                               f"known: {', '.join(sorted(ENCODER_OPTIONS))}")
@@ -264,17 +282,22 @@ def load_encoder_preset(name_or_path: str) -> EncoderPreset:
             v[key] = ENCODER_OPTIONS[key](value)
         except ValueError as e:
             raise ConfigError(f"{source}: bad value {value!r} for {key!r}: {e}") from None
+    if v["final_quantizer"] not in ("hardround", "ste"):
+        raise ConfigError(f"{source}: final_quantizer must be hardround or ste, got {v['final_quantizer']!r}")
     try:
         warm = _warmup_spec(v["warmup"])
     except ValueError as e:
         raise ConfigError(f"{source}: bad value {v['warmup']!r} for 'warmup': {e}") from None
     warm_lr = v["warmup_lr"] or v["start_lr"]
+    wn = v["warmup_noise_parameter"]
+    t_wu = v["warmup_softround_temperature"]
     try:
         warmup = tuple(
             WarmupPhase(c, TrainerPhase(lr=warm_lr, max_itr=n, freq_valid=max(n, 1), patience=max(n, 1),
-                                        softround_temperature=(0.3, 0.3),
-                                        noise_parameter=(v["warmup_noise_parameter"],) * 2,
-                                        quantizer_noise_type="kumaraswamy", quantizer_type="softround"))
+                                        softround_temperature=(t_wu, t_wu),
+                                        noise_parameter=None if wn is None else (wn, wn),
+                                        quantizer_noise_type="gaussian", quantizer_type="softround",
+                                        betas_latent=(0.725, 0.97), precondition_frequency_model=1))
             for c, n in warm
         )
         main = TrainerPhase(lr=v["start_lr"], max_itr=v["n_itr"], freq_valid=v["freq_valid"],
@@ -282,10 +305,12 @@ def load_encoder_preset(name_or_path: str) -> EncoderPreset:
                             softround_temperature=v["softround_temperature"],
                             noise_parameter=v["noise_parameter"], quantizer_noise_type=v["quantizer_noise_type"],
                             quantizer_type="softround")
-        ste = TrainerPhase(lr=v["ste_lr"], max_itr=v["ste_itr"], freq_valid=min(v["freq_valid"], max(v["ste_itr"], 1)),
-                           patience=max(v["ste_itr"], 1), schedule_lr=True, softround_temperature=(1e-4, 1e-4),
-                           noise_parameter=(1.0, 1.0), quantizer_noise_type="none", quantizer_type="ste",
-                           quantize_model=True)
+        n_fin = v["final_itr"]
+        final = TrainerPhase(lr=v["final_lr"], max_itr=n_fin, freq_valid=min(v["freq_valid"], max(n_fin, 1)),
+                             patience=max(n_fin, 1), schedule_lr=True,
+                             softround_temperature=(1e-4, 1e-4), noise_parameter=(1.0, 1.0),
+                             quantizer_noise_type="none", quantizer_type=v["final_quantizer"],
+                             quantize_model=True, rdoq=v["rdoq"])
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return EncoderPreset(v["preset_name"], warmup, (main, ste))
+    return EncoderPreset(v["preset_name"], warmup, (main, final))

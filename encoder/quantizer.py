@@ -22,6 +22,22 @@ LATENT_LIMIT = (1 << 14) - 1
 
 Scalar = Union[float, Tensor]
 
+DEFAULT_ENCODER_GAIN = 16
+
+
+def encoder_gain_for_lambda(lmbda: float) -> int:
+    """The latent gain Gamma of ``round(Gamma * y)`` for a rate constraint lambda.
+
+    At high rate (small lambda) latents need a finer effective step; a larger
+    gain gives it without making the latent parameters themselves large (the
+    reference's rule: 24 below 2e-4, 20 below 5e-4, else 16).
+    """
+    if lmbda < 2e-4:
+        return 24
+    if lmbda < 5e-4:
+        return 20
+    return DEFAULT_ENCODER_GAIN
+
 
 def softround(x: Tensor, t: Scalar) -> Tensor:
     """Soft round of Agustsson & Theis: round(x) as t -> 0, identity as t grows.

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from decoder_runtime.arch import SynthesisLayer
 
+from .init import init_conv_weight_
+
 
 def _channels_last_grad(x: Tensor) -> Tensor:
     """Make the gradient reaching ``x`` channels-last (identity in the forward pass).
@@ -45,10 +47,10 @@ class Synthesis(nn.Module):
                 # A residual layer starts as the identity.
                 nn.init.zeros_(conv.weight)
             else:
-                conv.reset_parameters()
+                init_conv_weight_(conv.weight)
             nn.init.zeros_(conv.bias)
         if self.stabiliser is not None:
-            nn.init.zeros_(self.stabiliser.weight)
+            init_conv_weight_(self.stabiliser.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         cpu = x.device.type == "cpu"

@@ -1,6 +1,7 @@
 """Training of a FrameEncoder: warm-up among random initialisations, then
-training phases (cosine learning rate, linear soft-round temperature and noise
-schedules, patience), network quantization, with a checkpoint after every stage
+training phases (SOAP on the networks, Adam on the latents, cosine learning
+rate, linear soft-round temperature and noise schedules, patience; see
+``optim.py``), network quantization, with a checkpoint after every stage
 so that an interrupted encoding resumes where it stopped.
 
 Entry point: :func:`encode_frame`. The CLI drives a progress bar through the
@@ -9,6 +10,7 @@ Entry point: :func:`encode_frame`. The CLI drives a progress bar through the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,8 +29,10 @@ from .coolchic import CoolChicEncoderParameter
 from .cpu import configure_cpu
 from .frame_encoder import FrameData, FrameEncoder, as_frame_data, load_frame_encoder
 from .loss import LossFunctionOutput, loss_function
+from .optim import clip_network_grad, cosine_lr, linear_schedule, make_optimizer, set_lr, warmup_noise_level
 from .quantizemodel import quantize_model
-from .quantizer import QUANTIZER_NOISE_TYPES, QUANTIZER_TYPES
+from .quantizer import QUANTIZER_NOISE_TYPES, QUANTIZER_TYPES, encoder_gain_for_lambda
+from .rdoq import rdoq_model
 
 MODULES_TO_OPTIMIZE = ("all", "latent", "arm", "ifce", "upsampling", "synthesis")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -42,24 +46,36 @@ class TrainerPhase:
     ``patience``: stop when the validation loss has not improved for that many
     iterations (validation every ``freq_valid``); the best parameters seen are
     restored at the end of the phase. Temperature and noise go linearly from
-    their first to their second value over ``max_itr``.
+    their first to their second value over ``max_itr``. The networks train with
+    SOAP (``betas_model``, eigenbases refreshed every
+    ``precondition_frequency_model`` steps), the latents with Adam
+    (``betas_latent``); see ``optim.py``.
     """
 
     lr: float = 1e-2
+    betas_model: Tuple[float, float] = (0.95, 0.95)
+    betas_latent: Tuple[float, float] = (0.9, 0.999)
+    precondition_frequency_model: int = 10
     max_itr: int = 5000
     freq_valid: int = 100
     patience: int = 10000
     quantize_model: bool = False
+    rdoq: bool = False  # after quantize_model: rdoq_model (rdoq.py)
     schedule_lr: bool = False
     softround_temperature: Tuple[float, float] = (0.3, 0.3)
-    noise_parameter: Tuple[float, float] = (1.0, 1.0)
+    # None: the warm-up level of the lambda being trained (optim.warmup_noise_level).
+    noise_parameter: Optional[Tuple[float, float]] = (1.0, 1.0)
     quantizer_noise_type: str = "kumaraswamy"
     quantizer_type: str = "softround"
     optimized_module: Tuple[str, ...] = ("all",)
 
     def __post_init__(self) -> None:
-        if self.max_itr < 0 or self.freq_valid < 1 or self.patience < 1:
-            raise ConfigError("max_itr must be >= 0, freq_valid and patience >= 1")
+        if self.max_itr < 0 or self.freq_valid < 1 or self.patience < 1 or self.precondition_frequency_model < 1:
+            raise ConfigError("max_itr must be >= 0, freq_valid, patience and precondition_frequency_model >= 1")
+        for name in ("betas_model", "betas_latent"):
+            b = getattr(self, name)
+            if len(b) != 2 or not all(0.0 <= x < 1.0 for x in b):
+                raise ConfigError(f"{name} must be two numbers in [0, 1), got {b!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.quantizer_type not in QUANTIZER_TYPES:
@@ -160,22 +176,22 @@ def evaluate(frame_encoder: FrameEncoder, frame: FrameData, lmbda: float) -> Los
 
 
 # ---- one phase ----------------------------------------------------------------
-def _parameters_to_optimize(frame_encoder: FrameEncoder, modules: Sequence[str]):
+def _parameters_to_optimize(frame_encoder: FrameEncoder, modules: Sequence[str]) -> Tuple[List, List]:
+    """(network parameters, latent parameters) that ``modules`` selects."""
     cc = frame_encoder.coolchic_encoder
+    latents = list(cc.latent_grids) + list(cc.hyper_latent_grids)
     if "all" in modules:
         params = list(cc.parameters())
     else:
         params = []
         for m in modules:
             if m == "latent":
-                params += list(cc.latent_grids) + list(cc.hyper_latent_grids)
+                params += latents
             elif getattr(cc, m, None) is not None:
                 params += list(getattr(cc, m).parameters())
-    return [p for p in params if p.requires_grad]
-
-
-def _lerp(pair: Tuple[float, float], frac: float) -> float:
-    return pair[0] + (pair[1] - pair[0]) * frac
+    latent_ids = {id(p) for p in latents}
+    params = [p for p in params if p.requires_grad]
+    return [p for p in params if id(p) not in latent_ids], [p for p in params if id(p) in latent_ids]
 
 
 def train_phase(
@@ -190,15 +206,18 @@ def train_phase(
 ) -> PhaseResult:
     """Train ``frame_encoder`` in place for one phase; keeps the best validated state."""
     counter = counter or _Counter(0, phase.max_itr)
-    params = _parameters_to_optimize(frame_encoder, phase.optimized_module)
-    if not params or phase.max_itr == 0:
+    net_params, latent_params = _parameters_to_optimize(frame_encoder, phase.optimized_module)
+    if phase.quantizer_type == "hardround":
+        # round() has no gradient: the latents stay as they are.
+        latent_params = []
+    if not (net_params or latent_params) or phase.max_itr == 0:
         res = evaluate(frame_encoder, frame, lmbda)
         return PhaseResult(0, float(res.loss), res.psnr_db, res.total_rate_bpp, False)
-    optimizer = torch.optim.Adam(params, lr=phase.lr)
+    optimizer = make_optimizer(net_params, latent_params, phase.lr, phase.betas_model, phase.betas_latent,
+                               phase.precondition_frequency_model)
     frame_encoder.set_to_train()
     cc = frame_encoder.coolchic_encoder
-    latent_ids = {id(p) for p in list(cc.latent_grids) + list(cc.hyper_latent_grids)}
-    if any(id(p) not in latent_ids for p in params):
+    if net_params:
         # Training moves the networks off their quantization grid.
         cc.reset_quantization_info()
 
@@ -206,23 +225,24 @@ def train_phase(
     best_loss, best_itr = float(best.loss), 0
     best_state = frame_encoder.get_param()
     stopped_early = False
+    noise_pair = phase.noise_parameter or (warmup_noise_level(lmbda),) * 2
     itr = 0
     for itr in range(1, phase.max_itr + 1):
         frac = (itr - 1) / phase.max_itr
         if phase.schedule_lr:
-            # Cosine decay to 0 over the phase (C3).
-            for g in optimizer.param_groups:
-                g["lr"] = 0.5 * phase.lr * (1.0 + math.cos(math.pi * frac))
+            set_lr(optimizer, cosine_lr(phase.lr, frac))
         log_now = callback is not None and itr % callback_every == 0
         out = frame_encoder(
             quantizer_noise_type=phase.quantizer_noise_type,
             quantizer_type=phase.quantizer_type,
-            soft_round_temperature=_lerp(phase.softround_temperature, frac),
-            noise_parameter=_lerp(phase.noise_parameter, frac),
+            soft_round_temperature=linear_schedule(phase.softround_temperature, frac),
+            noise_parameter=linear_schedule(noise_pair, frac),
         )
         res = loss_function(out.decoded_planes, out.rate, frame.planes, lmbda, compute_logs=log_now)
         optimizer.zero_grad(set_to_none=True)
         res.loss.backward()
+        if net_params:
+            clip_network_grad(net_params)
         optimizer.step()
         counter.done += 1
         if log_now:
@@ -245,6 +265,8 @@ def train_phase(
     frame_encoder.set_param(best_state)
     if phase.quantize_model:
         quantize_model(frame_encoder, frame, lmbda)
+        if phase.rdoq:
+            rdoq_model(frame_encoder, frame, lmbda)
     final = evaluate(frame_encoder, frame, lmbda)
     return PhaseResult(itr, float(final.loss), final.psnr_db, final.total_rate_bpp, stopped_early)
 
@@ -278,7 +300,7 @@ def warmup(
 
 # ---- full encoding with checkpoints -------------------------------------------
 def _fingerprint(frame: FrameData, param: CoolChicEncoderParameter, preset: EncoderPreset, lmbda: float,
-                 seed: int) -> str:
+                 seed: int, n_substreams: int) -> str:
     h = hashlib.sha256()
     for p in frame.planes:
         h.update(p.detach().cpu().numpy().tobytes())
@@ -287,6 +309,7 @@ def _fingerprint(frame: FrameData, param: CoolChicEncoderParameter, preset: Enco
         "preset": repr(preset),
         "lmbda": lmbda,
         "seed": seed,
+        "n_substreams": n_substreams,
         "frame": [frame.frame_data_type, frame.bitdepth, frame.height, frame.width],
     }
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
@@ -338,6 +361,7 @@ def encode_frame(
     callback_every: int = 10,
     frame_type: str = "I",
     num_threads: Optional[int] = None,
+    n_substreams: int = 1,
 ) -> EncodeResult:
     """Overfit a FrameEncoder to ``frame`` (RawImage or FrameData).
 
@@ -346,6 +370,8 @@ def encode_frame(
     training phase); ``resume=True`` continues from that checkpoint.
     ``callback`` gets a ProgressInfo every ``callback_every`` iterations and at
     every validation. On the CPU, torch threads default to the available cores.
+    ``n_substreams``: the stripes the bitstream will use; training sees the
+    latent context they leave.
     """
     if not lmbda > 0:
         raise ConfigError(f"lambda must be positive, got {lmbda}")
@@ -354,6 +380,8 @@ def encode_frame(
         configure_cpu(num_threads)
     frame = as_frame_data(frame, device)
     param = coolchic_param.with_image_size(frame.height, frame.width)
+    if param.encoder_gain is None:
+        param = dataclasses.replace(param, encoder_gain=encoder_gain_for_lambda(lmbda))
     stages = preset.stage_names()
     if not stages:
         raise ConfigError(f"preset {preset.preset_name!r} has neither warm-up nor training phases")
@@ -364,10 +392,11 @@ def encode_frame(
         torch.manual_seed(seed * 1000 + i)
         fe = FrameEncoder(param, frame_type, frame.frame_data_type, frame.bitdepth)
         fe.reinitialize_parameters()
+        fe.coolchic_encoder.set_n_substreams(n_substreams)
         fe.to_device(device)
         return fe
 
-    fingerprint = _fingerprint(frame, param, preset, lmbda, seed)
+    fingerprint = _fingerprint(frame, param, preset, lmbda, seed, n_substreams)
     ckpt_path = os.path.join(workdir, CHECKPOINT_NAME) if workdir else None
     fe: Optional[FrameEncoder] = None
     first_stage, iterations_before, seconds_before, log = 0, 0, 0.0, []
@@ -376,6 +405,7 @@ def encode_frame(
         if resume and os.path.exists(ckpt_path):
             blob = _load_checkpoint(ckpt_path, fingerprint)
             fe = load_frame_encoder(io.BytesIO(blob["frame_encoder"]))
+            fe.coolchic_encoder.set_n_substreams(n_substreams)
             fe.to_device(device)
             first_stage = blob["stage_done"] + 1
             iterations_before, seconds_before, log = blob["iterations"], blob["seconds"], blob["log"]

@@ -125,11 +125,12 @@ def test_override_validated_before_training():
 def test_encoder_presets(name):
     p = load_encoder_preset(name)
     assert p.preset_name == name
-    assert p.training_phases[-1].quantize_model and p.training_phases[-1].quantizer_type == "ste"
+    final = p.training_phases[-1]
+    assert final.quantize_model and final.rdoq and final.quantizer_type == "hardround"
     main = p.training_phases[0]
     assert main.schedule_lr and main.quantizer_type == "softround"
-    assert main.softround_temperature == (0.3, 0.1)
-    expected = {"debug": (20, 60), "fast": (1500, 2500), "medium": (9000, 12000), "slow": (30000, 40000)}[name]
+    assert main.softround_temperature == (0.35, 0.08)
+    expected = {"debug": (20, 60), "fast": (2000, 2000), "medium": (10000, 10000), "slow": (30000, 30000)}[name]
     assert expected[0] <= p.total_iterations <= expected[1]
     assert p.warmup[0].candidates >= p.warmup[-1].candidates
 
@@ -139,3 +140,16 @@ def test_parameter_roundtrip_through_dict():
     assert CoolChicEncoderParameter.from_dict(p.to_dict()) == p
     with pytest.raises(ConfigError, match="unknown"):
         CoolChicEncoderParameter.from_dict({"bogus": 1})
+
+
+def test_encoder_preset_options_and_old_spellings(tmp_path):
+    g = tmp_path / "p.cfg"
+    g.write_text("n_itr = 30\nwarmup = none\nste_itr = 7\nste_lr = 2e-4\nrdoq = false\n"
+                 "warmup_noise_parameter = 0.3\nfinal_quantizer = ste\n")
+    p = load_encoder_preset(str(g))
+    main, final = p.training_phases
+    assert (main.max_itr, final.max_itr, final.lr, final.rdoq, final.quantizer_type) == (30, 7, 2e-4, False, "ste")
+    assert p.warmup == ()
+    g.write_text("final_quantizer = softround\n")
+    with pytest.raises(ConfigError, match="final_quantizer"):
+        load_encoder_preset(str(g))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from decoder_runtime.arch import arm_context_offsets, param_layout
+from decoder_runtime.arch import arm_context_offsets, param_layout, stripe_bounds
 from decoder_runtime.common_randomness import common_randomness_grids
 from encoder.arm import laplace_rate, split_flat
 from encoder.coolchic import CoolChicEncoder, CoolChicEncoderParameter
@@ -68,8 +68,9 @@ def test_named_transmitted_params_follow_param_layout():
     assert "upsampling" not in static.modules_to_send
 
 
-def reference_arm(cc, flat):
-    """Per-pixel evaluation of section 2 of docs/architecture.md, in float64."""
+def reference_arm(cc, flat, n_substreams=1):
+    """Per-pixel evaluation of section 2 of docs/architecture.md, in float64;
+    context rows above a pixel's substream stripe read 0 (bitstream.md)."""
     arch = cc.arch
     grids = [g.double().numpy() for g in split_flat(flat.detach(), arch)]
     offs = arm_context_offsets(arch.spatial_context_arm)
@@ -80,11 +81,12 @@ def reference_arm(cc, flat):
         mu = np.zeros_like(y)
         ls = np.zeros_like(y)
         for i in range(cg.h):
+            r0 = max(a for a, b in stripe_bounds(cg.h, n_substreams) if a <= i < b)
             for j in range(cg.w):
                 ctx = []
                 for dy, dx in offs:
                     yy, xx = i + dy, j + dx
-                    ctx.append(y[yy, xx] if 0 <= yy < cg.h and 0 <= xx < cg.w else 0.0)
+                    ctx.append(y[yy, xx] if r0 <= yy < cg.h and 0 <= xx < cg.w else 0.0)
                 feat = []
                 if arch.ifce_features:
                     if cg.ifce_source >= 0:
@@ -110,14 +112,16 @@ def reference_arm(cc, flat):
     return mus, lss
 
 
-@pytest.mark.parametrize("kw", [
-    dict(),
-    dict(spatial_context_arm=16, hyper_latent_resolution=(1, 2), ifce_resolution=(0, 2), output_feature_ifce=3,
-         linear_stabiliser_arm=True),
-    dict(spatial_context_arm=24, n_hidden_layers_arm=0, ifce_resolution=(1, 3), output_feature_ifce=2),
+@pytest.mark.parametrize("kw,n_substreams", [
+    (dict(), 1),
+    (dict(spatial_context_arm=16, hyper_latent_resolution=(1, 2), ifce_resolution=(0, 2), output_feature_ifce=3,
+          linear_stabiliser_arm=True), 1),
+    (dict(spatial_context_arm=24, n_hidden_layers_arm=0, ifce_resolution=(1, 3), output_feature_ifce=2), 1),
+    (dict(spatial_context_arm=16, ifce_resolution=(0, 2), output_feature_ifce=3), 3),
 ])
-def test_arm_matches_per_pixel_reference(kw):
+def test_arm_matches_per_pixel_reference(kw, n_substreams):
     cc = make(9, 13, **kw)
+    cc.set_n_substreams(n_substreams)
     randomize(cc)
     with torch.no_grad():
         for p in list(cc.latent_grids) + list(cc.hyper_latent_grids):
@@ -125,17 +129,19 @@ def test_arm_matches_per_pixel_reference(kw):
     flat = cc.quantized_flat_latents()
     assert torch.all(flat == torch.round(flat))
     mu, ls = cc.arm_outputs(flat)
-    ref_mu, ref_ls = reference_arm(cc, flat)
+    ref_mu, ref_ls = reference_arm(cc, flat, n_substreams)
     for a, b in zip(split_flat(mu.contiguous(), cc.arch), ref_mu):
         np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-4, atol=1e-4)
     for a, b in zip(split_flat(ls.contiguous(), cc.arch), ref_ls):
         np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-4, atol=1e-4)
 
 
-def test_arm_gradient_matches_autograd_reference():
+@pytest.mark.parametrize("n_substreams", [1, 2])
+def test_arm_gradient_matches_autograd_reference(n_substreams):
     """The hand-written backward of the gather and the MLP equals plain autograd."""
     cc = make(9, 13, spatial_context_arm=16, ifce_resolution=(0, 2), output_feature_ifce=3,
               linear_stabiliser_arm=True).double()
+    cc.set_n_substreams(n_substreams)
     randomize(cc)
     flat = (torch.randn(cc.arch.n_latent_values(), dtype=torch.double) * 3).requires_grad_()
     assert torch.autograd.gradcheck(lambda f: cc.arm_outputs(f), (flat,))

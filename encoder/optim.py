@@ -1,0 +1,97 @@
+"""Optimizer and schedules of the training recipe (the reference Cool-chic
+5.0.1's, measured in docs/compression.md).
+
+* Networks: SOAP (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo
+  using Adam", arXiv:2409.11321) from ``pytorch-optimizer``: Adam run in the
+  eigenbasis of Shampoo's preconditioners. For a weight ``W`` with gradient
+  ``G`` and one preconditioner ``L_i`` per dimension ``i`` (all dimensions of
+  our tiny networks are at most ``MAX_PRECOND_DIM``)::
+
+      L_i <- beta2 L_i + (1 - beta2) G_(i) G_(i)^T     (G_(i): G unfolded along i)
+      Q_i  = eigenvectors of L_i (refreshed every ``precondition_frequency`` steps)
+      G'   = G x_i Q_i^T,  M <- beta1 M + (1 - beta1) G,  V <- beta2 V + (1 - beta2) G'^2
+      W   <- W - lr * sqrt(1 - beta2^t) / (1 - beta1^t) * (M x_i Q_i^T / (sqrt(V) + eps)) x_i Q_i
+      W   <- W - lr * weight_decay * W                    (decoupled weight decay)
+
+  The first step only builds the preconditioners; biases (1-D) get plain Adam.
+* Latents: the same optimizer with no preconditioner (``max_precondition_dim
+  = 0``), i.e. Adam with its own betas and no weight decay.
+* The gradient of the network parameters is clipped to a global L2 norm of
+  ``GRAD_CLIP_NORM`` before every step.
+
+Schedules, with ``f = itr / max_itr`` in [0, 1]:
+
+* learning rate (cosine, C3): ``lr_min + (lr - lr_min) * (1 + cos(pi f)) / 2``
+* soft-round temperature and noise: linear from the first to the second value
+* warm-up noise (Gaussian, standard deviation): ``(0.747 - 0.432 log10(lambda)) / 10``
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from decoder_runtime.errors import ConfigError
+
+MAX_PRECOND_DIM = 256
+NETWORK_WEIGHT_DECAY = 0.01
+GRAD_CLIP_NORM = 0.1
+LR_MIN = 1e-5
+
+
+def cosine_lr(lr: float, frac: float, lr_min: float = LR_MIN) -> float:
+    """Cosine decay from ``lr`` (frac 0) to ``lr_min`` (frac 1)."""
+    lr_min = min(lr_min, lr)
+    return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def linear_schedule(pair: Tuple[float, float], frac: float) -> float:
+    """``pair[0]`` at frac 0, ``pair[1]`` at frac 1."""
+    return pair[0] + (pair[1] - pair[0]) * frac
+
+
+def warmup_noise_level(lmbda: float) -> float:
+    """Standard deviation of the warm-up's Gaussian quantization noise.
+
+    Larger at low lambda (high rate), where latents are large and a stronger
+    noise explores more; the reference's fit: 0.17 at lambda 1e-3.
+    """
+    if not lmbda > 0:
+        raise ConfigError(f"lambda must be positive, got {lmbda}")
+    return (0.747 - 0.432 * math.log10(lmbda)) / 10.0
+
+
+def make_optimizer(
+    network_params: Sequence[Tensor],
+    latent_params: Sequence[Tensor],
+    lr: float,
+    betas_model: Tuple[float, float] = (0.95, 0.95),
+    betas_latent: Tuple[float, float] = (0.9, 0.999),
+    precondition_frequency_model: int = 10,
+) -> torch.optim.Optimizer:
+    """SOAP on the networks, Adam-like on the latents (see module docstring)."""
+    from pytorch_optimizer import SOAP  # the encoder extra pins it
+
+    groups: List[dict] = []
+    if network_params:
+        groups.append(dict(params=list(network_params), lr=lr, betas=tuple(betas_model),
+                           precondition_frequency=int(precondition_frequency_model),
+                           max_precondition_dim=MAX_PRECOND_DIM, weight_decay=NETWORK_WEIGHT_DECAY))
+    if latent_params:
+        groups.append(dict(params=list(latent_params), lr=lr, betas=tuple(betas_latent),
+                           precondition_frequency=1, max_precondition_dim=0, weight_decay=0.0))
+    if not groups:
+        raise ConfigError("nothing to optimize")
+    return SOAP(groups, lr=lr, merge_dims=False, precondition_1d=False)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def clip_network_grad(network_params: Iterable[Tensor]) -> None:
+    torch.nn.utils.clip_grad_norm_(list(network_params), GRAD_CLIP_NORM, norm_type=2.0, error_if_nonfinite=False)

@@ -1,0 +1,141 @@
+"""Rate-distortion optimised quantization of the network parameters (the
+reference's ``rdoq_model``), run after :func:`quantize_model`.
+
+Each transmitted parameter is an integer ``v`` times its module's step
+``2^-s``. ``quantize_model`` rounds to the nearest integer; here a greedy pass
+moves single integers where that lowers the cost the encoder minimises
+
+    J = MSE + lambda * (latent bits + network bits) / (H * W)
+
+Parameters are visited in a seeded random order, module by module. For each,
+``v`` moves by 1, 2, ... first toward zero (fewer Exp-Golomb bits), then away
+from it, while J keeps falling; a move that does not lower J is undone, so J
+never rises. The Exp-Golomb bits of one integer, ``2 floor(log2(|v| + 2^k)) - k
++ 1 (+1 if v != 0)``, make the network-rate change of a move exact and O(1).
+Only what a module changes is recomputed: the latent rate for the ARM (from
+a cached ARM input) and the IFCE, the synthesis output for the synthesis (from
+cached upsampled latents), both for the upsampling. Finally each Exp-Golomb
+count is re-chosen for the new integers (which can only lower J).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .arm import arm_input, laplace_rate
+from .frame_encoder import FrameEncoder
+from .nn_rate import MAX_PARAM_INT, best_expgol_count
+from .quantizemodel import decoded_mse, hard_rounded
+
+MAX_MOVE = 15  # the reference's bound on |change| of one integer
+
+
+def _eg_bits(v: int, k: int) -> int:
+    a = abs(int(v))
+    return 2 * ((a + (1 << k)).bit_length() - 1) - k + 1 + (a != 0)
+
+
+@torch.no_grad()
+def rdoq_model(frame_encoder: FrameEncoder, frame, lmbda: float, seed: int = 0,
+               time_budget_s: Optional[float] = None, verbose: bool = False) -> Dict[str, float]:
+    """Refine the quantized networks of ``frame_encoder`` in place (see module docstring).
+
+    Returns ``{"cost_before", "cost_after", "moves", "evaluations", "seconds"}``.
+    ``time_budget_s`` stops the pass early (the model stays valid: every
+    accepted move lowered J).
+    """
+    start = time.time()
+    if not frame_encoder.coolchic_encoder.is_quantized():
+        raise ValueError("rdoq_model needs a quantized model: run quantize_model first")
+    with hard_rounded(frame_encoder, frame) as (cc, frame, n_pixels, flat):
+        res = _rdoq(frame_encoder, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s)
+    if verbose:
+        print(f"rdoq_model: {res['moves']} moves in {res['evaluations']} evaluations, "
+              f"J {res['cost_before']:.6g} -> {res['cost_after']:.6g}, {res['seconds']:.1f} s")
+    return res
+
+
+def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s) -> Dict[str, float]:
+    a = cc.arch
+    state: Dict[str, object] = {"u": None, "dense": None}
+
+    def latent_bits(module: str) -> float:
+        if module == "arm":
+            if state["u"] is None:
+                state["u"] = arm_input(flat, cc.ifce, cc.arm_indices(), a.spatial_context_arm, a.arm_input_dim)
+            mu, log_scale = cc.arm(state["u"])
+            return float(laplace_rate(flat, mu, log_scale).sum())
+        return float(cc.latent_rate(flat).sum())
+
+    def mse(module: str) -> float:
+        if module == "upsampling" or state["dense"] is None:
+            state["dense"] = cc.dense_latent(flat)
+        return decoded_mse(fe, frame, state["dense"])
+
+    nn_bits_total = cc.get_network_rate()[1]
+    base_lat, base_mse = latent_bits("ifce"), mse("upsampling")
+    cost_before = base_mse + lmbda * (base_lat + nn_bits_total) / n_pixels
+    gen = torch.Generator().manual_seed(seed)
+    moves = evals = 0
+    out_of_time = False
+
+    for module in cc.modules_to_send:
+        rate_only = module in ("arm", "ifce")
+        lat, dist = base_lat, base_mse
+
+        def score() -> tuple:
+            return (latent_bits(module), dist) if rate_only else (lat, mse(module))
+
+        for kind in cc.nn_q_step[module]:
+            s, k = cc.nn_q_step[module][kind], cc.nn_expgol_cnt[module][kind]
+            step = 2.0 ** -s
+            tensors = [p for name, p in cc.named_transmitted_params(module).items() if name.endswith("." + kind)]
+            slots = [(t, idx) for t in tensors for idx in np.ndindex(*t.shape)]
+            for j in torch.randperm(len(slots), generator=gen).tolist():
+                if time_budget_s is not None and time.time() - start > time_budget_s:
+                    out_of_time = True
+                    break
+                t, i = slots[j]
+                v0 = int(round(float(t[i]) * (1 << s)))
+                best_v, best_cost = v0, dist + lmbda * lat / n_pixels  # this parameter's own bits cancel
+                bits0 = _eg_bits(v0, k)
+                directions = (-1, 1) if v0 > 0 else (1, -1)  # toward zero first
+                for d in directions:
+                    improved = False
+                    for m in range(1, MAX_MOVE + 1):
+                        v = v0 + d * m
+                        if abs(v) > MAX_PARAM_INT:
+                            break
+                        t[i] = v * step
+                        cand_lat, cand_dist = score()
+                        evals += 1
+                        cost = cand_dist + lmbda * (cand_lat + _eg_bits(v, k) - bits0) / n_pixels
+                        if cost < best_cost:
+                            best_v, best_cost, improved = v, cost, True
+                            lat_best, dist_best = cand_lat, cand_dist
+                        else:
+                            break
+                    if improved:
+                        break
+                t[i] = best_v * step
+                if best_v != v0:
+                    moves += 1
+                    lat, dist = lat_best, dist_best
+            if out_of_time:
+                break
+        # Refresh what later modules start from.
+        state["dense"] = None
+        base_lat, base_mse = latent_bits("ifce"), mse("upsampling")
+        for kind in cc.nn_q_step[module]:
+            ints = cc.module_integer_params(module, kind, cc.nn_q_step[module][kind])
+            cc.nn_expgol_cnt[module][kind] = best_expgol_count(ints)[0]
+        if out_of_time:
+            break
+
+    cost_after = base_mse + lmbda * (base_lat + cc.get_network_rate()[1]) / n_pixels
+    return {"cost_before": cost_before, "cost_after": cost_after, "moves": moves, "evaluations": evals,
+            "seconds": time.time() - start}

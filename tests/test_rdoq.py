@@ -1,0 +1,65 @@
+"""rdoq_model: a greedy pass that never raises the cost it measures."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from encoder import encode_frame, load_encoder_preset
+from encoder.frame_encoder import as_frame_data
+from encoder.presets import decoder_config_to_param, load_decoder_config
+from encoder.rdoq import _eg_bits, rdoq_model
+from encoder.train import evaluate
+from decoder_runtime.expgolomb import exp_golomb_nbits
+
+from test_encoder_training import image
+
+LMBDA = 0.02  # low rate: the network bits weigh, so moves pay off
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    torch.set_num_threads(1)
+    raw = image(48, 64, seed=5)
+    param = decoder_config_to_param(load_decoder_config("lop"), {"n_ft_per_res": "1,1,1,1"}, (48, 64))
+    preset = load_encoder_preset("debug")
+    main, final = preset.training_phases
+    preset = dataclasses.replace(preset, training_phases=(main, dataclasses.replace(final, rdoq=False)))
+    res = encode_frame(raw, param, preset, LMBDA, num_threads=1)
+    return res.frame_encoder, as_frame_data(raw, "cpu")
+
+
+def test_one_value_bits_match_the_bitstream_count():
+    for k in range(4):
+        for v in (-70, -3, -1, 0, 1, 2, 5, 300):
+            assert _eg_bits(v, k) == exp_golomb_nbits([v], k)
+
+
+def test_rdoq_lowers_the_cost_and_measures_it_as_evaluate_does(quantized):
+    fe, frame = quantized
+    before = evaluate(fe, frame, LMBDA)
+    nn_before = fe.coolchic_encoder.get_network_rate()[1]
+    res = rdoq_model(fe, frame, LMBDA, seed=1)
+    after = evaluate(fe, frame, LMBDA)
+    assert res["cost_before"] == pytest.approx(float(before.loss), rel=1e-6)
+    assert res["cost_after"] == pytest.approx(float(after.loss), rel=1e-6)
+    assert float(after.loss) <= float(before.loss)
+    assert res["moves"] > 0 and float(after.loss) < float(before.loss)
+    assert fe.coolchic_encoder.get_network_rate()[1] != nn_before
+    # Every transmitted value is still an integer multiple of its step.
+    cc = fe.coolchic_encoder
+    for m, kinds in cc.nn_q_step.items():
+        for kind, s in kinds.items():
+            for name, p in cc.named_transmitted_params(m).items():
+                if name.endswith("." + kind):
+                    scaled = p.detach().double() * 2.0**s
+                    assert torch.equal(scaled, torch.round(scaled))
+
+
+def test_rdoq_needs_a_quantized_model():
+    from encoder import FrameEncoder
+    from encoder.presets import decoder_config_to_param as d2p
+
+    fe = FrameEncoder(d2p(load_decoder_config("lop"), None, (16, 16)), "I", "rgb", 8)
+    with pytest.raises(ValueError, match="quantize_model"):
+        rdoq_model(fe, image(16, 16), LMBDA)
