@@ -26,8 +26,8 @@ examples:
   coolchic-encode -i clip_1920x1080_30p_yuv420_10b.yuv -o clip.cool --dec-cfg lop
   coolchic-encode -i img.png -o img.cool --arm 24,2 --layers_synthesis 48-1-linear-relu,X-1-linear-none,X-3-residual-none
 
-Decoder configurations (--dec-cfg): vlop, lop, mop, hop, vhop (about 330, 460,
-670, 2240, 2830 multiplications per pixel), or a path to a .cfg file.
+Decoder configurations (--dec-cfg): vlop, lop, mop, hop, vhop (about 330, 620,
+1240, 2240, 2830 multiplications per pixel), or a path to a .cfg file.
 Encoder presets (--preset): fast, medium, slow (2000, 10000, 30000 iterations:
 warm-up among 5 then 2 candidates, main soft-round phase, 500 hard-round
 iterations, then network quantization and RDOQ), debug, or a .cfg file.
