@@ -10,8 +10,8 @@ moves single integers where that lowers the cost the encoder minimises
 Parameters are visited in a seeded random order, module by module. For each,
 ``v`` moves by 1, 2, ... first toward zero (fewer Exp-Golomb bits), then away
 from it, while J keeps falling; a move that does not lower J is undone, so J
-never rises. The Exp-Golomb bits of one integer, ``2 floor(log2(|v| + 2^k)) - k
-+ 1 (+1 if v != 0)``, make the network-rate change of a move exact and O(1).
+never rises. The Exp-Golomb bits of one integer (``exp_golomb_nbits``) make
+the network-rate change of a move exact without recounting the module.
 Only what a module changes is recomputed: the latent rate for the ARM (from
 a cached ARM input) and the IFCE, the synthesis output for the synthesis (from
 cached upsampled latents), both for the upsampling. Finally each Exp-Golomb
@@ -26,17 +26,14 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from decoder_runtime.expgolomb import exp_golomb_nbits
+
 from .arm import arm_input, laplace_rate
 from .frame_encoder import FrameEncoder
 from .nn_rate import MAX_PARAM_INT, best_expgol_count
 from .quantizemodel import decoded_mse, hard_rounded
 
 MAX_MOVE = 15  # the reference's bound on |change| of one integer
-
-
-def _eg_bits(v: int, k: int) -> int:
-    a = abs(int(v))
-    return 2 * ((a + (1 << k)).bit_length() - 1) - k + 1 + (a != 0)
 
 
 @torch.no_grad()
@@ -102,7 +99,7 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s) -> D
                 t, i = slots[j]
                 v0 = int(round(float(t[i]) * (1 << s)))
                 best_v, best_cost = v0, dist + lmbda * lat / n_pixels  # this parameter's own bits cancel
-                bits0 = _eg_bits(v0, k)
+                bits0 = exp_golomb_nbits((v0,), k)
                 directions = (-1, 1) if v0 > 0 else (1, -1)  # toward zero first
                 for d in directions:
                     improved = False
@@ -113,7 +110,7 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s) -> D
                         t[i] = v * step
                         cand_lat, cand_dist = score()
                         evals += 1
-                        cost = cand_dist + lmbda * (cand_lat + _eg_bits(v, k) - bits0) / n_pixels
+                        cost = cand_dist + lmbda * (cand_lat + exp_golomb_nbits((v,), k) - bits0) / n_pixels
                         if cost < best_cost:
                             best_v, best_cost, improved = v, cost, True
                             lat_best, dist_best = cand_lat, cand_dist

@@ -8,9 +8,8 @@ import torch
 from encoder import encode_frame, load_encoder_preset
 from encoder.frame_encoder import as_frame_data
 from encoder.presets import decoder_config_to_param, load_decoder_config
-from encoder.rdoq import _eg_bits, rdoq_model
+from encoder.rdoq import rdoq_model
 from encoder.train import evaluate
-from decoder_runtime.expgolomb import exp_golomb_nbits
 
 from test_encoder_training import image
 
@@ -27,12 +26,6 @@ def quantized():
     preset = dataclasses.replace(preset, training_phases=(main, dataclasses.replace(final, rdoq=False)))
     res = encode_frame(raw, param, preset, LMBDA, num_threads=1)
     return res.frame_encoder, as_frame_data(raw, "cpu")
-
-
-def test_one_value_bits_match_the_bitstream_count():
-    for k in range(4):
-        for v in (-70, -3, -1, 0, 1, 2, 5, 300):
-            assert _eg_bits(v, k) == exp_golomb_nbits([v], k)
 
 
 def test_rdoq_lowers_the_cost_and_measures_it_as_evaluate_does(quantized):
