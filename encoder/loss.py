@@ -63,6 +63,6 @@ def loss_function(
     if compute_logs:
         out.mse = float(mse.detach())
         out.rate_latent_bpp = float(rate_latent_bpp.detach())
-        out.rate_nn_bpp = float(rate_nn_bpp)
+        out.rate_nn_bpp = float(rate_nn_bpp.detach() if isinstance(rate_nn_bpp, Tensor) else rate_nn_bpp)
         out.psnr_db = psnr(out.mse)
     return out

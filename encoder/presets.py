@@ -220,6 +220,7 @@ ENCODER_OPTIONS: Dict[str, Callable[[str], Any]] = {
     "final_lr": _float,
     "final_quantizer": lambda v: v.strip(),  # hardround (latents frozen) or ste
     "rdoq": _bool,  # rate-distortion optimised network quantization after quantize_model
+    "network_rate_weight": _float,  # weight of the networks' estimated rate in the training loss
 }
 # Earlier spellings of the final phase's options.
 ENCODER_OPTION_ALIASES = {"ste_itr": "final_itr", "ste_lr": "final_lr"}
@@ -250,7 +251,10 @@ def load_encoder_preset(name_or_path: str) -> EncoderPreset:
     (betas 0.95, 0.95; preconditioner refreshed every step in the warm-up, every
     10 steps after), Adam the latents (betas 0.725, 0.97 in the warm-up, 0.9,
     0.999 after). ``rdoq = false`` skips the rate-distortion optimised
-    quantization of the networks that follows ``quantize_model``.
+    quantization of the networks that follows ``quantize_model``. After the
+    warm-up the loss counts the networks' rate too (a differentiable estimate,
+    ``nn_rate.NetworkRateProxy``) with weight ``network_rate_weight`` (1: the
+    same lambda as the latents; 0: left out, as the reference does).
     """
     text, source = _read_cfg_text("enc", name_or_path)
     raw = parse_cfg_text(text, source)
@@ -272,6 +276,7 @@ def load_encoder_preset(name_or_path: str) -> EncoderPreset:
         "final_lr": 1e-4,
         "final_quantizer": "hardround",
         "rdoq": True,
+        "network_rate_weight": 1.0,
     }
     for key, value in raw.items():
         key = ENCODER_OPTION_ALIASES.get(key, key)
@@ -304,13 +309,13 @@ def load_encoder_preset(name_or_path: str) -> EncoderPreset:
                             patience=v["patience"], schedule_lr=v["schedule_lr"],
                             softround_temperature=v["softround_temperature"],
                             noise_parameter=v["noise_parameter"], quantizer_noise_type=v["quantizer_noise_type"],
-                            quantizer_type="softround")
+                            quantizer_type="softround", network_rate_weight=v["network_rate_weight"])
         n_fin = v["final_itr"]
         final = TrainerPhase(lr=v["final_lr"], max_itr=n_fin, freq_valid=min(v["freq_valid"], max(n_fin, 1)),
                              patience=max(n_fin, 1), schedule_lr=True,
                              softround_temperature=(1e-4, 1e-4), noise_parameter=(1.0, 1.0),
                              quantizer_noise_type="none", quantizer_type=v["final_quantizer"],
-                             quantize_model=True, rdoq=v["rdoq"])
+                             quantize_model=True, rdoq=v["rdoq"], network_rate_weight=v["network_rate_weight"])
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return EncoderPreset(v["preset_name"], warmup, (main, final))

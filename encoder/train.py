@@ -30,6 +30,7 @@ from .cpu import configure_cpu
 from .frame_encoder import FrameData, FrameEncoder, as_frame_data, load_frame_encoder
 from .loss import LossFunctionOutput, loss_function
 from .optim import clip_network_grad, cosine_lr, linear_schedule, make_optimizer, set_lr, warmup_noise_level
+from .nn_rate import NetworkRateProxy
 from .quantizemodel import quantize_model
 from .quantizer import QUANTIZER_NOISE_TYPES, QUANTIZER_TYPES, encoder_gain_for_lambda
 from .rdoq import rdoq_model
@@ -68,6 +69,9 @@ class TrainerPhase:
     quantizer_noise_type: str = "kumaraswamy"
     quantizer_type: str = "softround"
     optimized_module: Tuple[str, ...] = ("all",)
+    # Weight of the networks' (differentiable, estimated) rate in the training
+    # loss, in units of lambda; 0 leaves it out as the reference does.
+    network_rate_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_itr < 0 or self.freq_valid < 1 or self.patience < 1 or self.precondition_frequency_model < 1:
@@ -226,6 +230,7 @@ def train_phase(
     best_state = frame_encoder.get_param()
     stopped_early = False
     noise_pair = phase.noise_parameter or (warmup_noise_level(lmbda),) * 2
+    nn_rate = NetworkRateProxy(cc.named_transmitted_params()) if phase.network_rate_weight and net_params else None
     itr = 0
     for itr in range(1, phase.max_itr + 1):
         frac = (itr - 1) / phase.max_itr
@@ -238,7 +243,11 @@ def train_phase(
             soft_round_temperature=linear_schedule(phase.softround_temperature, frac),
             noise_parameter=linear_schedule(noise_pair, frac),
         )
-        res = loss_function(out.decoded_planes, out.rate, frame.planes, lmbda, compute_logs=log_now)
+        nn_bits = 0.0
+        if nn_rate is not None:
+            nn_bits = phase.network_rate_weight * nn_rate()
+        res = loss_function(out.decoded_planes, out.rate, frame.planes, lmbda, rate_mlp_bit=nn_bits,
+                            compute_logs=log_now)
         optimizer.zero_grad(set_to_none=True)
         res.loss.backward()
         if net_params:

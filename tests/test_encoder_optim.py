@@ -98,3 +98,6 @@ def test_presets_have_the_reference_layout(name, total, warm, main, final):
     assert (m.max_itr, m.softround_temperature, m.noise_parameter, m.schedule_lr) == (main, (0.35, 0.08),
                                                                                      (0.22, 0.15), True)
     assert (f.max_itr, f.lr, f.quantizer_type, f.quantize_model) == (final, 1e-4, "hardround", True)
+    # The networks' estimated rate is in the loss after the warm-up, at its true weight.
+    assert (m.network_rate_weight, f.network_rate_weight) == (1.0, 1.0)
+    assert all(w.training_phase.network_rate_weight == 0.0 for w in p.warmup)
