@@ -136,15 +136,20 @@ def test_arm_matches_per_pixel_reference(kw, n_substreams):
         np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("n_substreams", [1, 2])
-def test_arm_gradient_matches_autograd_reference(n_substreams):
-    """The hand-written backward of the gather and the MLP equals plain autograd."""
+@pytest.mark.parametrize("n_substreams,threads", [(1, 1), (2, 1), (1, 2)])
+def test_arm_gradient_matches_autograd_reference(n_substreams, threads):
+    """The hand-written backward of the gather and the MLP equals plain autograd,
+    on the GEMM path (one thread) and the oneDNN convolution path (two)."""
     cc = make(9, 13, spatial_context_arm=16, ifce_resolution=(0, 2), output_feature_ifce=3,
               linear_stabiliser_arm=True).double()
     cc.set_n_substreams(n_substreams)
     randomize(cc)
     flat = (torch.randn(cc.arch.n_latent_values(), dtype=torch.double) * 3).requires_grad_()
-    assert torch.autograd.gradcheck(lambda f: cc.arm_outputs(f), (flat,))
+    torch.set_num_threads(threads)
+    try:
+        assert torch.autograd.gradcheck(lambda f: cc.arm_outputs(f), (flat,))
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_laplace_rate_matches_distribution():
