@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "data" / "kodim01_mop.cool")
     args = ap.parse_args()
+    from encoder.cpu import configure_cpu
+
+    configure_cpu(args.threads)  # an application's choice, as coolchic-encode makes it (malloc tuning)
     t0 = time.perf_counter()
     res = encode_image(read_image(args.image), lmbda=args.lmbda, preset=args.preset, dec_cfg=args.dec_cfg,
                        threads=args.threads, n_substreams=args.substreams, progress=sys.stderr.isatty())

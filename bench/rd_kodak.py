@@ -141,7 +141,9 @@ def encode_coolchic(job):
     from decoder_runtime import decode
     from decoder_runtime.frame import RawImage
     from encoder.api import encode_image
+    from encoder.cpu import configure_cpu
 
+    configure_cpu(threads)  # an application's choice, as coolchic-encode makes it (malloc tuning)
     raw = RawImage(tuple(img[..., c] for c in range(3)), "rgb", 8)
     t0 = time.perf_counter()
     res = encode_image(raw, lmbda=lmbda, preset=preset, dec_cfg=dec_cfg, n_itr=n_itr, threads=threads)

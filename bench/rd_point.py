@@ -56,7 +56,9 @@ def main() -> None:
     from decoder_runtime import decode
     from decoder_runtime.frame import RawImage
     from encoder.api import encode_image
+    from encoder.cpu import configure_cpu
 
+    configure_cpu(args.threads)  # an application's choice, as coolchic-encode makes it (malloc tuning)
     n = int(args.image.replace("kodim", ""))
     name, img = load_images(n, args.crop or None)[n - 1]
     overrides = dict(kv.split("=", 1) for kv in args.set)

@@ -2,18 +2,34 @@
 
 Stable API::
 
-    decode(source, provider="cpu", threads=1, timings=False) -> DecodedImage
+    decode(source, provider="cpu", threads=1, timings=False,
+           max_pixels=None, max_memory=4 << 30) -> DecodedImage
     write_image(image: RawImage, path)      # .png .ppm .pgm .yuv, atomic
     read_image(path, ...) -> RawImage
+    DecodedImage.to_numpy()  # H x W x 3, H x W (gray), YUV420Planes(y, u, v)
 
 Errors are subclasses of :class:`CoolChicError`. Importing this package is
 cheap: numba and onnxruntime load on the first decode.
+
+Safe to embed: ``decode`` may run in several threads at once (same result as
+alone, bit for bit), and the package changes nothing process-wide (umask,
+numba threading layer, malloc). The numba kernels are cached on disk where a
+writable place exists, else compiled per process with a ``JitCacheWarning``
+(:mod:`decoder_runtime.jit`); thread rules in :mod:`decoder_runtime.latent_codec`.
 """
 
 from .api import DecodedImage, decode
 from .arch import DecoderArch
-from .errors import BitstreamError, ConfigError, CoolChicError, ImageIOError, ProviderError
-from .frame import RawImage
+from .errors import (
+    BitstreamError,
+    ConfigError,
+    CoolChicError,
+    ImageIOError,
+    InferenceError,
+    ProviderError,
+    ResourceLimitError,
+)
+from .frame import RawImage, YUV420Planes
 from .image_io import read_image, write_image
 
 __version__ = "0.1.0"
@@ -25,8 +41,11 @@ __all__ = [
     "DecodedImage",
     "DecoderArch",
     "ImageIOError",
+    "InferenceError",
     "ProviderError",
+    "ResourceLimitError",
     "RawImage",
+    "YUV420Planes",
     "decode",
     "read_image",
     "write_image",

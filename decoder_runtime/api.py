@@ -15,6 +15,7 @@ subclass of :class:`~decoder_runtime.errors.CoolChicError`.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Union
@@ -22,8 +23,9 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from .arch import synthesis_latents
-from .errors import BitstreamError
-from .frame import RawImage
+from .budget import DEFAULT_MAX_MEMORY, format_bytes, parse_size
+from .errors import BitstreamError, ResourceLimitError
+from .frame import RawImage, YUV420Planes
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
@@ -40,9 +42,10 @@ class DecodedImage:
     image: RawImage
     timings: Optional[Dict[str, float]] = None
 
-    def to_numpy(self) -> np.ndarray:
-        """H x W x 3 (rgb, yuv444) or H x W (gray) integer array; yuv420 has no such form."""
-        return self.image.to_hwc()
+    def to_numpy(self) -> Union[np.ndarray, YUV420Planes]:
+        """H x W x 3 (rgb, yuv444) or H x W (gray) integer array; for yuv420 a
+        :class:`YUV420Planes` named tuple ``(y, u, v)`` of 2-D arrays."""
+        return self.image.to_numpy()
 
     @property
     def frame_data_type(self) -> str:
@@ -53,19 +56,46 @@ class DecodedImage:
         return self.image.bitdepth
 
 
-def _read_source(source: Source) -> bytes:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
+def _read_source(source, max_pixels: Optional[int], max_memory: Optional[int]) -> bytes:
+    """The bytes of a bitstream file, vetted from its first bytes before the rest is read.
+
+    Another format, a file longer than its header allows, or a decode above
+    the limits is refused after reading ``HEADER_PEEK`` bytes, whatever the
+    file's size.
+    """
+    from .bitstream import HEADER_PEEK, check_file_start
+
     path = os.fspath(source)
     try:
         with open(path, "rb") as f:
-            return f.read()
+            st = os.fstat(f.fileno())
+            regular = stat.S_ISREG(st.st_mode)
+            prefix = f.read(HEADER_PEEK)
+            if len(prefix) < HEADER_PEEK:
+                size = len(prefix)  # all of it, whatever fstat said
+            else:
+                # A pipe or a device has no size: its start is a lower bound.
+                size = max(st.st_size, len(prefix)) if regular else len(prefix)
+            limit = check_file_start(prefix, size, max_pixels, max_memory)
+            if len(prefix) < HEADER_PEEK:
+                return prefix
+            if regular:
+                f.seek(0)
+                data = f.read(size + 1)
+                if len(data) != size:
+                    raise BitstreamError(f"{path}: the file changed size while it was read")
+            else:
+                data = prefix + f.read(limit + 1 - len(prefix))
     except FileNotFoundError:
         raise BitstreamError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise BitstreamError(f"{path}: is a directory, not a bitstream") from None
     except OSError as e:
         raise BitstreamError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > limit:
+        # The file grew, or is not a regular file.
+        raise BitstreamError(f"{path}: more than the {limit} bytes a bitstream of this header can hold")
+    return data
 
 
 def decode(
@@ -74,6 +104,7 @@ def decode(
     threads: int = 1,
     timings: bool = False,
     max_pixels: Optional[int] = None,
+    max_memory: Union[int, str, None] = DEFAULT_MAX_MEMORY,
 ) -> DecodedImage:
     """Decode a coolchic bitstream given as a path or as bytes.
 
@@ -82,31 +113,50 @@ def decode(
     decoder and of onnxruntime. ``timings``: fill ``DecodedImage.timings``.
     ``max_pixels``: refuse larger images (default: the bitstream reader's
     limit, 16.7 Mpixel), a guard against absurd headers.
+    ``max_memory``: refuse, from the header and before allocating, a decode
+    whose memory bound (:func:`decoder_runtime.budget.estimate_memory`) is
+    above this many bytes; an int or a string such as ``"512M"`` or ``"8G"``
+    (default 4 GiB, enough for any shipped configuration at 16.7 Mpixel;
+    None: no limit). Above it, :class:`ResourceLimitError` (a
+    :class:`BitstreamError`) names the figures.
     """
     t: Dict[str, float] = {}
     start = time.perf_counter()
     # Loaded on first use: numba and onnxruntime are most of a cold start.
-    from .bitstream import read_bitstream
+    from .bitstream import DEFAULT_MAX_PIXELS, read_bitstream
     from .latent_codec import decode_latents
     from .ort_session import provider_names
     from .reconstruct import reconstruct
 
     # Fail on a missing provider before spending time on the latents.
     provider_names(provider)
+    if max_pixels is None:
+        max_pixels = DEFAULT_MAX_PIXELS
+    if max_memory is not None:
+        max_memory = parse_size(max_memory)
     t["setup"] = time.perf_counter() - start
     if not isinstance(source, (bytes, bytearray, memoryview)):
         t_read = time.perf_counter()
-        data = _read_source(source)
+        data = _read_source(source, max_pixels, max_memory)
         t["read"] = time.perf_counter() - t_read
     else:
         data = bytes(source)
     t0 = time.perf_counter()
-    bs = read_bitstream(data) if max_pixels is None else read_bitstream(data, max_pixels=max_pixels)
+    bs = read_bitstream(data, max_pixels=max_pixels, max_memory=max_memory)
     t1 = time.perf_counter()
-    grids = decode_latents(bs, threads=threads)
-    t2 = time.perf_counter()
-    latents = synthesis_latents(bs.arch, grids)
-    image = reconstruct(bs.arch, bs.float_params(), latents, provider=provider, threads=threads, timings=t)
+    try:
+        grids = decode_latents(bs, threads=threads)
+        t2 = time.perf_counter()
+        latents = synthesis_latents(bs.arch, grids)
+        image = reconstruct(bs.arch, bs.float_params(), latents, provider=provider, threads=threads, timings=t)
+    except MemoryError:
+        # Within max_memory but beyond what this machine has: still the caller's error type.
+        h, w = bs.arch.img_size
+        limit = "no limit" if max_memory is None else format_bytes(max_memory)
+        raise ResourceLimitError(
+            f"the system ran out of memory while decoding this {h}x{w} bitstream (max_memory: {limit}); set "
+            f"max_memory (--max-memory) below the memory available to refuse such files before decoding"
+        ) from None
     t["parse"] = t1 - t0
     t["latents"] = t2 - t1
     t["total"] = time.perf_counter() - start

@@ -46,6 +46,11 @@ class SynthesisLayer:
     residual: bool
     relu: bool
 
+    def __post_init__(self) -> None:
+        # Checked here, so that no layer outside the rules can exist, whether
+        # it comes from a configuration string or from a bitstream header.
+        check_synthesis_layer(self.out_channels, self.kernel_size, self.residual, self.relu)
+
     def __str__(self) -> str:
         return (
             f"{self.out_channels}-{self.kernel_size}-"
@@ -76,11 +81,27 @@ def parse_synthesis_layer(text: str, n_out: int) -> SynthesisLayer:
         raise ConfigError(f"synthesis layer {text!r}: type must be linear or residual, not {kind!r}")
     if act not in ("relu", "none"):
         raise ConfigError(f"synthesis layer {text!r}: non-linearity must be relu or none, not {act!r}")
-    if not 1 <= out <= MAX_SYNTH_CHANNELS:
-        raise ConfigError(f"synthesis layer {text!r}: output size must be in [1, {MAX_SYNTH_CHANNELS}]")
-    if not (1 <= k <= MAX_SYNTH_KERNEL and k % 2 == 1):
-        raise ConfigError(f"synthesis layer {text!r}: kernel size must be odd and in [1, {MAX_SYNTH_KERNEL}]")
-    return SynthesisLayer(out, k, kind == "residual", act == "relu")
+    try:
+        return SynthesisLayer(out, k, kind == "residual", act == "relu")
+    except ConfigError as e:
+        raise ConfigError(f"synthesis layer {text!r}: {e}") from None
+
+
+def check_synthesis_layer(out_channels: int, kernel_size: int, residual: bool = False, relu: bool = False) -> None:
+    """The rules of one synthesis layer; :class:`ConfigError` naming the broken one.
+
+    The one place these rules live: :class:`SynthesisLayer` applies them on
+    construction, so the configuration parser and the bitstream reader both
+    go through them. An even kernel has no centre (the graph pads by
+    ``kernel // 2`` on each side), and the bounds keep every graph the header
+    can describe within what the runtime builds and tests.
+    """
+    if not (isinstance(out_channels, int) and 1 <= out_channels <= MAX_SYNTH_CHANNELS):
+        raise ConfigError(f"output size must be an integer in [1, {MAX_SYNTH_CHANNELS}], got {out_channels!r}")
+    if not (isinstance(kernel_size, int) and 1 <= kernel_size <= MAX_SYNTH_KERNEL and kernel_size % 2 == 1):
+        raise ConfigError(f"kernel size must be odd and in [1, {MAX_SYNTH_KERNEL}], got {kernel_size!r}")
+    if not (isinstance(residual, bool) and isinstance(relu, bool)):
+        raise ConfigError(f"residual and relu must be booleans, got {residual!r} and {relu!r}")
 
 
 def grid_size(img_h: int, img_w: int, level: int) -> Tuple[int, int]:
@@ -358,6 +379,8 @@ def validate_arch(a: DecoderArch) -> None:
         raise ConfigError(f"layers_synthesis has more than {MAX_SYNTH_LAYERS} layers")
     cin = a.synthesis_in_channels
     for i, layer in enumerate(a.layers_synthesis):
+        if not isinstance(layer, SynthesisLayer):
+            raise ConfigError(f"synthesis layer {i} is a {type(layer).__name__}, not a SynthesisLayer")
         if layer.residual and layer.out_channels != cin:
             raise ConfigError(
                 f"synthesis layer {i} ({layer}) is residual but has {cin} input and "

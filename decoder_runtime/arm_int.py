@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba as nb
 import numpy as np
 
 from .arch import DecoderArch
 from .errors import BitstreamError
+from .jit import njit
 from .prob_tables import MU_FRAC_BITS, N_SCALE
 
 FRAC = 8
@@ -90,14 +90,14 @@ def build_int_arm(arch: DecoderArch, q_params: dict, shifts: dict) -> IntArm:
     return IntArm(c, nl, d, wh, bh, wo, ws, bo, sw, f, wi, bi, si)
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def _round_shift(acc, s):
     if s == 0:
         return acc
     return (acc + (1 << (s - 1))) >> s
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def _clamp(v):
     if v > ACT_MAX:
         return ACT_MAX
@@ -106,7 +106,7 @@ def _clamp(v):
     return v
 
 
-@nb.njit(cache=True)
+@njit
 def arm_forward(x, n, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, h0, h1, acc, acc2, mu_int, frac, kidx):
     """Run the ARM on the first ``n`` columns of ``x`` ([dim_in, >= n], FRAC bits).
 
@@ -166,7 +166,7 @@ def arm_forward(x, n, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, h0, h1
         kidx[p] = kk
 
 
-@nb.njit(cache=True)
+@njit
 def ifce_forward(src, shift_down, h, w, w_ifce, b_ifce, shift, n_feat, out):
     """IFCE features of every pixel of an ``h x w`` grid, into ``out`` [F, h*w].
 

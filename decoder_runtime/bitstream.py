@@ -2,9 +2,16 @@
 
 The format is specified in docs/bitstream.md (keep the two in step).  Reading
 is defensive: the CRC-32 is checked before anything is parsed, every field is
-bounds-checked, and nothing is allocated in proportion to a size the file
-claims before that size has been checked against the bytes actually present.
-Every failure is a :class:`BitstreamError` naming the problem.
+bounds-checked, every architecture goes through the rules of ``arch.py``, and
+nothing is allocated in proportion to a size the file claims before that size
+has been checked against the bytes actually present and the decode's memory
+bound against the caller's limit (``budget.py``).  Every failure is a
+:class:`BitstreamError` naming the problem (:class:`ResourceLimitError` for a
+limit the caller can raise).
+
+A file is vetted from its first bytes before it is read
+(:func:`check_file_start`): magic, version, header, and its size against the
+most a bitstream of that header can hold.
 """
 
 from __future__ import annotations
@@ -16,12 +23,22 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from .arch import (
+    ARM_CONTEXT_STEP,
     FINAL_UPSAMPLING_TYPES,
     FRAME_DATA_TYPES,
+    MAX_ARM_CONTEXT,
+    MAX_ARM_HIDDEN_LAYERS,
+    MAX_IFCE_FEATURES,
+    MAX_IMAGE_SIDE,
+    MAX_LATENT_LEVEL,
+    MAX_SYNTH_CHANNELS,
+    MAX_SYNTH_LAYERS,
     DecoderArch,
     SynthesisLayer,
+    param_layout,
 )
-from .errors import BitstreamError, ConfigError
+from .budget import check_memory
+from .errors import BitstreamError, ConfigError, ResourceLimitError
 from .expgolomb import read_network_params
 
 MAGIC = b"Cc"
@@ -98,28 +115,45 @@ class _Reader:
         return out
 
 
-def read_bitstream(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Bitstream:
-    """Parse and check a whole bitstream; raise :class:`BitstreamError` if it is not sound."""
-    data = bytes(data)
-    if len(data) < len(MAGIC) + 1 + 4:
-        raise BitstreamError(f"the file is too short to be a coolchic bitstream ({len(data)} bytes)")
+HEADER_PEEK = 4096  # bytes read to parse a header: at most ~230, every varint padded to 5 bytes
+# A file with an unreadable header is read whole up to this size (so that
+# its error is the reader's own, e.g. a CRC mismatch), refused unread beyond.
+SMALL_FILE = 1 << 20
+MIN_BYTES = len(MAGIC) + 1 + 4
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fields before the parameter section: enough to bound the whole decode."""
+
+    version: int
+    frame_type: str
+    arch: DecoderArch
+    n_substreams: int
+    n_bytes: int  # bytes from the magic to the substream count
+
+
+def check_magic(data: bytes, n_bytes: Optional[int] = None) -> int:
+    """Check length, magic and version at the start of a file of ``n_bytes``; return the version."""
+    n = len(data) if n_bytes is None else n_bytes
+    if n < MIN_BYTES or len(data) < len(MAGIC) + 1:
+        raise BitstreamError(f"the file is too short to be a coolchic bitstream ({n} bytes)")
     if data[: len(MAGIC)] != MAGIC:
         # The reference format opens with a big-endian 16-bit header size.
         hint = _REFERENCE_HINT if data[0] == 0 and 0 < data[1] < 128 else ""
-        raise BitstreamError(f"not a coolchic bitstream: bad magic {data[:4]!r}{hint}")
+        raise BitstreamError(f"not a coolchic bitstream: bad magic {bytes(data[:4])!r}{hint}")
     version = data[len(MAGIC)]
     if version != FORMAT_VERSION:
         raise BitstreamError(f"unsupported bitstream version {version} (this decoder reads version {FORMAT_VERSION})")
-    crc_stored = int.from_bytes(data[-4:], "little")
-    if zlib.crc32(data[:-4]) != crc_stored:
-        raise BitstreamError("the bitstream is corrupted or truncated: CRC-32 mismatch")
+    return version
 
-    r = _Reader(data, len(data) - 4)
+
+def _read_header(r: _Reader, version: int, max_pixels: Optional[int]) -> Header:
     r.pos = len(MAGIC) + 1
-    h = r.varint("image height", 0, (1 << 15) - 1) + 1
-    w = r.varint("image width", 0, (1 << 15) - 1) + 1
+    h = r.varint("image height", 0, MAX_IMAGE_SIDE - 1) + 1
+    w = r.varint("image width", 0, MAX_IMAGE_SIDE - 1) + 1
     if max_pixels is not None and h * w > max_pixels:
-        raise BitstreamError(
+        raise ResourceLimitError(
             f"the image is {h}x{w} = {h * w} pixels, above the limit of {max_pixels} (raise max_pixels to decode it)"
         )
     fmt = r.byte("frame format")
@@ -128,19 +162,19 @@ def read_bitstream(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) 
     ftype = fmt >> 6
     if ftype >= len(FRAME_TYPES):
         raise BitstreamError(f"frame type {ftype} is not supported (only intra frames)")
-    lo = r.varint("latent resolution low", 0, 12)
-    hi = r.varint("latent resolution high", 0, 12)
+    lo = r.varint("latent resolution low", 0, MAX_LATENT_LEVEL)
+    hi = r.varint("latent resolution high", 0, MAX_LATENT_LEVEL)
     hyper = None
-    v = r.varint("hyper-latent resolution", 0, 13)
+    v = r.varint("hyper-latent resolution", 0, MAX_LATENT_LEVEL + 1)
     if v:
-        hyper = (v - 1, r.varint("hyper-latent resolution high", 0, 12))
-    c = r.varint("ARM context size", 1, 5) * 8
-    nl = r.varint("ARM hidden layers", 0, 8)
+        hyper = (v - 1, r.varint("hyper-latent resolution high", 0, MAX_LATENT_LEVEL))
+    c = r.varint("ARM context size", 1, MAX_ARM_CONTEXT // ARM_CONTEXT_STEP) * ARM_CONTEXT_STEP
+    nl = r.varint("ARM hidden layers", 0, MAX_ARM_HIDDEN_LAYERS)
     ifce, nf = None, 0
-    v = r.varint("IFCE resolution", 0, 13)
+    v = r.varint("IFCE resolution", 0, MAX_LATENT_LEVEL + 1)
     if v:
-        ifce = (v - 1, r.varint("IFCE resolution high", 0, 12))
-        nf = r.varint("IFCE features", 1, 16)
+        ifce = (v - 1, r.varint("IFCE resolution high", 0, MAX_LATENT_LEVEL))
+        nf = r.varint("IFCE features", 1, MAX_IFCE_FEATURES)
     ups_k = r.varint("upsampling kernel size", 0, 64)
     pre_k = r.varint("pre-concatenation kernel size", 0, 64)
     flags = r.byte("flags")
@@ -148,14 +182,22 @@ def read_bitstream(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) 
     if fin >= len(FINAL_UPSAMPLING_TYPES) or flags & 0xC0:
         raise BitstreamError(f"invalid flags byte 0x{flags:02x}")
     seed = r.varint("common randomness seed") if flags & 4 else 0
-    n_layers = r.varint("number of synthesis layers", 1, 16)
-    layers = []
+    n_layers = r.varint("number of synthesis layers", 1, MAX_SYNTH_LAYERS)
+    fields = []
     for i in range(n_layers):
-        out = r.varint(f"synthesis layer {i} width", 1, 256)
+        out = r.varint(f"synthesis layer {i} width", 1, MAX_SYNTH_CHANNELS)
         packed = r.varint(f"synthesis layer {i} kernel", 0, 255)
-        layers.append(SynthesisLayer(out, packed >> 2, bool(packed & 1), bool(packed & 2)))
+        fields.append((i, out, packed))
     n_sub = r.varint("number of substreams", 1, MAX_SUBSTREAMS)
+    # Every architectural rule (arch.py) applies to a header as to a
+    # configuration: a header the reader accepts builds a valid graph.
     try:
+        layers = []
+        for i, out, packed in fields:
+            try:
+                layers.append(SynthesisLayer(out, packed >> 2, bool(packed & 1), bool(packed & 2)))
+            except ConfigError as e:
+                raise ConfigError(f"synthesis layer {i}: {e}") from None
         arch = DecoderArch(
             img_size=(h, w),
             frame_data_type=FRAME_DATA_TYPES[fdt],
@@ -178,6 +220,94 @@ def read_bitstream(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) 
         )
     except ConfigError as e:
         raise BitstreamError(f"the header describes an impossible decoder: {e}") from None
+    return Header(version, FRAME_TYPES[ftype], arch, n_sub, r.pos)
+
+
+def read_header(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, n_bytes: Optional[int] = None) -> Header:
+    """Parse the header at the start of ``data``; the first :data:`HEADER_PEEK` bytes of a file are enough.
+
+    No CRC check (that needs the whole file): :func:`read_bitstream` does it.
+    ``n_bytes``: the whole file's size, when ``data`` is only its start.
+    """
+    version = check_magic(data, n_bytes)
+    return _read_header(_Reader(data, len(data)), version, max_pixels)
+
+
+# Upper bounds of a well-formed bitstream's parts (docs/bitstream.md):
+# a parameter is at most 31 bits of Exp-Golomb code and a sign bit; a latent,
+# at most 16 bits of symbol (frequencies are at least 1/2^16) and 34 bits of
+# escape (sign, 17 prefix bits, 16 tail bits), with the range coder's
+# truncation loss; a substream adds its final flush.
+_MAX_PARAM_BITS = 32
+_MAX_LATENT_BITS = 64
+_SUBSTREAM_SLACK = 16
+
+
+def max_bitstream_bytes(header: Header) -> int:
+    """The most bytes a bitstream with this header can hold: anything longer is not one."""
+    arch = header.arch
+    specs = param_layout(arch)
+    n_params = sum(p.size for p in specs)
+    n_fields = len({(p.module, p.kind) for p in specs})
+    params = -(-(n_params * _MAX_PARAM_BITS + n_fields * 9) // 8)
+    latents = -(-(arch.n_latent_values() * _MAX_LATENT_BITS) // 8)
+    framing = header.n_bytes + 5 + 5 * (header.n_substreams - 1) + 4
+    return framing + params + latents + _SUBSTREAM_SLACK * header.n_substreams
+
+
+def check_file_start(data: bytes, n_bytes: int, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                     max_memory: Optional[int] = None) -> int:
+    """Vet a file from its first bytes and its size, before reading the rest; return how many bytes to read.
+
+    Refuses another format, a file longer than its header allows
+    (:func:`max_bitstream_bytes`) and a decode above ``max_memory``
+    (:class:`ResourceLimitError`). A file whose header does not parse is read
+    whole only when small (its error is then the reader's own, a CRC
+    mismatch for a corrupted file), refused unread otherwise.
+    """
+    check_magic(data, n_bytes)
+    try:
+        header = read_header(data, max_pixels, n_bytes)
+    except ResourceLimitError:
+        raise
+    except BitstreamError as e:
+        if n_bytes <= SMALL_FILE:
+            return SMALL_FILE
+        raise BitstreamError(f"{e} (the file is {n_bytes} bytes; it is corrupted or not a coolchic bitstream)") from None
+    limit = max_bitstream_bytes(header)
+    if n_bytes > limit:
+        raise BitstreamError(
+            f"the file is {n_bytes} bytes, more than a bitstream of this header can hold ({limit} bytes): "
+            f"it is corrupted or padded"
+        )
+    check_memory(header.arch, n_bytes, max_memory)
+    return limit
+
+
+def read_bitstream(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                   max_memory: Optional[int] = None) -> Bitstream:
+    """Parse and check a whole bitstream; raise :class:`BitstreamError` if it is not sound.
+
+    ``max_pixels`` and ``max_memory`` (bytes, see :mod:`decoder_runtime.budget`;
+    None: no limit) are checked on the header, before the parameter section
+    is read: above either, :class:`ResourceLimitError`.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    version = check_magic(data)
+    crc_stored = int.from_bytes(data[-4:], "little")
+    if zlib.crc32(memoryview(data)[:-4]) != crc_stored:  # a view: no copy of the file
+        raise BitstreamError("the bitstream is corrupted or truncated: CRC-32 mismatch")
+
+    r = _Reader(data, len(data) - 4)
+    header = _read_header(r, version, max_pixels)
+    arch, n_sub = header.arch, header.n_substreams
+    limit = max_bitstream_bytes(header)
+    if len(data) > limit:
+        raise BitstreamError(
+            f"the bitstream is {len(data)} bytes, more than one with this header can hold ({limit} bytes)"
+        )
+    check_memory(arch, len(data), max_memory)
 
     n_param = r.varint("parameter section length", 0, r.end - r.pos)
     section = r.take(n_param, "the parameter section")
@@ -188,7 +318,7 @@ def read_bitstream(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) 
     q_params, shifts, counts = read_network_params(section, arch)
     return Bitstream(
         version=version,
-        frame_type=FRAME_TYPES[ftype],
+        frame_type=header.frame_type,
         arch=arch,
         q_params=q_params,
         shifts=shifts,

@@ -7,7 +7,8 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import CoolChicError, ImageIOError
+from .budget import DEFAULT_MAX_MEMORY, parse_size
+from .errors import ConfigError, CoolChicError, ImageIOError
 
 PROG = "coolchic-decode"
 
@@ -24,6 +25,7 @@ EPILOG = """\
 examples:
   coolchic-decode -i kodim14.cool -o kodim14.png
   coolchic-decode -i clip.cool -o clip_1920x1080_yuv420_10b.yuv --threads 2 --verbose
+  coolchic-decode -i huge.cool -o huge.png --max-memory 16G
 """
 
 
@@ -46,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="threads for latent decoding and for onnxruntime (default: 1)",
     )
+    p.add_argument(
+        "--max-memory",
+        type=memory_size,
+        default=DEFAULT_MAX_MEMORY,
+        metavar="SIZE",
+        help="refuse, before decoding, a bitstream whose decode would need more memory than SIZE, "
+        "in bytes or with K, M, G (powers of 1024), e.g. 512M, 8G (default: 4G, enough for any shipped "
+        "decoder configuration at the 16.7 Mpixel limit)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print the frame, its rate and per-stage timings")
     return p
 
@@ -59,6 +70,14 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def memory_size(text: str) -> int:
+    """argparse type of ``--max-memory``: bytes, or a number with K, M, G or T (powers of 1024)."""
+    try:
+        return parse_size(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _report(path_in: str, path_out: str, dec, n_bytes: int, write_s: float) -> None:
@@ -104,7 +123,8 @@ def _run(argv: Optional[List[str]]) -> int:
         out_dir = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(out_dir):
             raise ImageIOError(f"{args.output}: directory {out_dir} does not exist")
-        dec = decode(args.input, provider=args.provider, threads=args.threads, timings=True)
+        dec = decode(args.input, provider=args.provider, threads=args.threads, timings=True,
+                     max_memory=args.max_memory)
         t0 = time.perf_counter()
         write_image(dec.image, args.output)
         write_s = time.perf_counter() - t0

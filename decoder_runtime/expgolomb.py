@@ -8,6 +8,11 @@ followed by a sign bit when ``q != 0``.  Bits are packed MSB first; the
 section is padded with zeros to a whole byte.  The writer lives in
 export/bitstream_writer.py; ``exp_golomb_nbits`` is the rate the encoder's
 quantize_model minimises.
+
+The reader is a numba kernel working on the packed bytes: it never reads past
+the section, refuses prefixes longer than ``_MAX_PREFIX`` zeros, and its work
+is bounded by the section's length (a crafted section of a megabyte costs
+milliseconds). Every failure is a :class:`BitstreamError`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 
 from .arch import DecoderArch, modules_to_send, param_layout
 from .errors import BitstreamError
+from .jit import njit
 
 SHIFT_BITS = 5
 COUNT_BITS = 4
@@ -40,34 +46,77 @@ def module_kinds(arch: DecoderArch, module: str) -> Tuple[str, ...]:
     return tuple(k for k in ("weight", "bias") if k in kinds)
 
 
-class _BitReader:
-    def __init__(self, data: bytes):
-        self.bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-        self.pos = 0
+# Outcomes of _read_fields.
+_OK, _TRUNCATED, _BAD_CODE, _BAD_HEADER, _TOO_BIG = 0, 1, 2, 3, 4
 
-    def read(self, n: int) -> int:
-        if self.pos + n > self.bits.size:
-            raise BitstreamError("the network parameter section is truncated")
-        v = 0
-        for b in self.bits[self.pos:self.pos + n]:
-            v = (v << 1) | int(b)
-        self.pos += n
-        return v
 
-    def read_eg(self, k: int) -> int:
-        bits, pos, n = self.bits, self.pos, self.bits.size
-        z = 0
-        while pos < n and bits[pos] == 0:
-            z += 1
-            pos += 1
-            if z > _MAX_PREFIX:
-                raise BitstreamError("the network parameter section holds an invalid Exp-Golomb code")
-        self.pos = pos
-        return self.read(z + k + 1) - (1 << k)
+@njit(inline="always")
+def _bits(buf, pos, n):
+    """The ``n`` bits from bit ``pos`` (MSB first) as an integer; the caller checks the bounds."""
+    v = np.int64(0)
+    for p in range(pos, pos + n):
+        v = (v << 1) | ((np.int64(buf[p >> 3]) >> (7 - (p & 7))) & 1)
+    return v
+
+
+@njit
+def _read_fields(buf, field_sizes, out, headers, info):
+    """Decode every (module, kind) field of a parameter section.
+
+    ``buf``: the section's bytes (uint8); ``field_sizes[f]``: the number of
+    values of field ``f``; ``out`` (int32) receives the values of all fields
+    one after the other and ``headers[f]`` (int64) their shift and order.
+    Returns an outcome code; ``info`` receives [bit position, field, value
+    index]. No bit at or past ``8 * buf.size`` is read, and every read
+    consumes a bit: the work is bounded by the section's length.
+    """
+    n_bits = np.int64(buf.size) * 8
+    pos = np.int64(0)
+    o = 0
+    for f in range(field_sizes.size):
+        info[1] = f
+        if pos + SHIFT_BITS + COUNT_BITS > n_bits:
+            return _TRUNCATED
+        s = _bits(buf, pos, SHIFT_BITS)
+        k = _bits(buf, pos + SHIFT_BITS, COUNT_BITS)
+        pos += SHIFT_BITS + COUNT_BITS
+        headers[f, 0] = s
+        headers[f, 1] = k
+        if s > MAX_SHIFT or k > MAX_COUNT:
+            return _BAD_HEADER
+        for _ in range(field_sizes[f]):
+            z = 0
+            while pos < n_bits and ((np.int64(buf[pos >> 3]) >> (7 - (pos & 7))) & 1) == 0:
+                z += 1
+                pos += 1
+                if z > _MAX_PREFIX:
+                    return _BAD_CODE
+            n = z + k + 1
+            if pos + n > n_bits:
+                return _TRUNCATED
+            v = _bits(buf, pos, n) - (np.int64(1) << k)
+            pos += n
+            if v > MAX_ABS_VALUE:
+                info[2] = o
+                return _TOO_BIG
+            if v != 0:
+                if pos >= n_bits:
+                    return _TRUNCATED
+                if (np.int64(buf[pos >> 3]) >> (7 - (pos & 7))) & 1:
+                    v = -v
+                pos += 1
+            out[o] = v
+            o += 1
+    info[0] = pos
+    return _OK
 
 
 def read_network_params(section: bytes, arch: DecoderArch):
-    """Decode the parameter section: integer tensors, shifts and EG orders."""
+    """Decode the parameter section: integer tensors, shifts and EG orders.
+
+    A numba kernel reads the bits straight from the packed bytes: any section,
+    however crafted, costs a few nanoseconds per bit it holds.
+    """
     specs = param_layout(arch)
     total = sum(p.size for p in specs)
     # Every value costs at least one bit: refuse before allocating anything big.
@@ -75,30 +124,42 @@ def read_network_params(section: bytes, arch: DecoderArch):
         raise BitstreamError(
             f"the architecture has {total} network parameters but their section holds only {len(section)} bytes"
         )
-    reader = _BitReader(section)
+    fields = [(module, kind) for module in modules_to_send(arch) for kind in module_kinds(arch, module)]
+    members = [[p for p in specs if (p.module, p.kind) == mk] for mk in fields]
+    sizes = np.array([sum(p.size for p in ps) for ps in members], dtype=np.int64)
+    values = np.empty(int(sizes.sum()), dtype=np.int32)
+    headers = np.zeros((len(fields), 2), dtype=np.int64)
+    info = np.zeros(3, dtype=np.int64)
+    status = _read_fields(np.frombuffer(section, dtype=np.uint8), sizes, values, headers, info)
+    if status == _TRUNCATED:
+        raise BitstreamError("the network parameter section is truncated")
+    if status == _BAD_CODE:
+        raise BitstreamError("the network parameter section holds an invalid Exp-Golomb code")
+    if status == _BAD_HEADER:
+        f = int(info[1])
+        module, kind = fields[f]
+        raise BitstreamError(
+            f"{module} {kind}: quantization shift {int(headers[f, 0])} or Exp-Golomb order {int(headers[f, 1])} "
+            f"out of range"
+        )
+    if status == _TOO_BIG:
+        index = int(info[2])
+        for p in (p for ps in members for p in ps):
+            if index < p.size:
+                raise BitstreamError(f"{p.name}: a parameter exceeds the format's bound of {MAX_ABS_VALUE}")
+            index -= p.size
+    if status != _OK:  # every outcome of the kernel is handled above
+        raise BitstreamError(f"the network parameter section could not be read (reader outcome {status})")
+    if (len(section) * 8 - int(info[0])) >= 8:
+        raise BitstreamError("the network parameter section is longer than its parameters")
     q_params: Dict[str, np.ndarray] = {}
     shifts: Dict[Tuple[str, str], int] = {}
     counts: Dict[Tuple[str, str], int] = {}
-    for module in modules_to_send(arch):
-        for kind in module_kinds(arch, module):
-            s = reader.read(SHIFT_BITS)
-            k = reader.read(COUNT_BITS)
-            if s > MAX_SHIFT or k > MAX_COUNT:
-                raise BitstreamError(f"{module} {kind}: quantization shift {s} or Exp-Golomb order {k} out of range")
-            shifts[(module, kind)] = s
-            counts[(module, kind)] = k
-            for p in specs:
-                if p.module != module or p.kind != kind:
-                    continue
-                vals = np.empty(p.size, dtype=np.int32)
-                for i in range(p.size):
-                    v = reader.read_eg(k)
-                    if v > MAX_ABS_VALUE:
-                        raise BitstreamError(f"{p.name}: a parameter exceeds the format's bound of {MAX_ABS_VALUE}")
-                    if v and reader.read(1):
-                        v = -v
-                    vals[i] = v
-                q_params[p.name] = vals.reshape(p.shape)
-    if (len(section) * 8 - reader.pos) >= 8:
-        raise BitstreamError("the network parameter section is longer than its parameters")
+    offset = 0
+    for f, (mk, ps) in enumerate(zip(fields, members)):
+        shifts[mk] = int(headers[f, 0])
+        counts[mk] = int(headers[f, 1])
+        for p in ps:
+            q_params[p.name] = values[offset:offset + p.size].reshape(p.shape)
+            offset += p.size
     return q_params, shifts, counts

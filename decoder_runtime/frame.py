@@ -5,12 +5,24 @@ encoder (read from PNG/PPM/YUV) and leave the decoder (written to the same).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import NamedTuple, Tuple, Union
 
 import numpy as np
 
 from .arch import FRAME_DATA_TYPES
 from .errors import ImageIOError
+
+
+class YUV420Planes(NamedTuple):
+    """The numpy form of a yuv420 image: Y is H x W, U and V are H/2 x W/2.
+
+    A tuple of planes rather than one array, since the planes differ in size;
+    ``y, u, v = img`` unpacks it, ``img._asdict()`` gives a dict.
+    """
+
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,14 @@ class RawImage:
     def max_value(self) -> int:
         return (1 << self.bitdepth) - 1
 
+    def to_numpy(self) -> Union[np.ndarray, YUV420Planes]:
+        """rgb/yuv444 as H x W x 3, gray as H x W, yuv420 as :class:`YUV420Planes`."""
+        if self.frame_data_type == "yuv420":
+            return YUV420Planes(*self.planes)
+        return self.to_hwc()
+
     def to_hwc(self) -> np.ndarray:
-        """rgb/yuv444 as H x W x 3, gray as H x W (yuv420 has no such form)."""
+        """rgb/yuv444 as H x W x 3, gray as H x W (yuv420 has no such form: see :meth:`to_numpy`)."""
         if self.frame_data_type == "yuv420":
             raise ImageIOError("a yuv420 image has no interleaved form")
         if len(self.planes) == 1:

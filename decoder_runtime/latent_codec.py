@@ -8,10 +8,34 @@ step ``j + K*i`` where K is ``arch.wavefront_slope`` — every context pixel of
 a wave is already decoded, so the ARM runs once per wave on all its pixels
 (vectorised integer arithmetic) instead of once per pixel.  The encoder
 (export/latent_encoder.py) uses these very kernels and this order.
+
+Threads. :func:`decode_latent_grids` may be called from several Python
+threads at once (``decoder_runtime.decode`` is thread-safe). The kernels are
+pure functions of their arguments, except the one ``parallel=True`` kernel,
+whose launches go through numba's threading layer. This library does not
+choose that layer: it is a process-wide setting (``NUMBA_THREADING_LAYER``)
+that belongs to the application and is frozen at the process's first parallel
+launch. numba's default takes ``tbb``, else ``omp``, else ``workqueue``, and
+``workqueue`` aborts the process when two threads launch parallel kernels at
+once. So the library makes no concurrent parallel launches: a process-wide
+lock admits one parallel decode at a time, and a
+thread that finds it taken decodes its stripes serially (stripes are
+independent: same latents, bit for bit). This is safe under every layer; an
+application that also runs its own numba parallel code in other threads
+should choose ``NUMBA_THREADING_LAYER=tbb`` or ``omp``. The thread count is
+set with ``numba.set_num_threads``, which is per calling thread, and restored
+afterwards.
+
+Kernels are declared with :func:`decoder_runtime.jit.njit`: disk-cached, with
+a cache keyed on the source of every kernel module (a change in
+``range_coder.py`` or ``arm_int.py`` recompiles ``_decode_stripe``, which
+inlines or calls their code), and a fallback to a temp directory or to no
+cache when the install and home directories are read-only.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import List, Sequence
 
 import numba as nb
@@ -20,6 +44,7 @@ import numpy as np
 from .arch import DecoderArch, arm_context_offsets, stripe_bounds, wavefront_slope
 from .arm_int import FRAC, IntArm, arm_forward, build_int_arm, ifce_forward
 from .errors import BitstreamError
+from .jit import njit
 from .prob_tables import get_tables
 from .range_coder import (
     MAX_OVERREAD,
@@ -38,9 +63,11 @@ from .range_coder import (
 
 MAX_LATENT = (1 << 14) - 1  # |latent| bound of the format
 MAX_ESCAPE_PREFIX = 16
+# Held while this process runs _decode_grid_parallel (see the module docstring).
+_parallel_launch = threading.Lock()
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def gather_column(y_grid, r0, row, j, w, dys, dxs, ifce, n_ifce, x, col):
     """Context (and IFCE features) of pixel (row, j) into column ``col`` of ``x``.
 
@@ -59,7 +86,7 @@ def gather_column(y_grid, r0, row, j, w, dys, dxs, ifce, n_ifce, x, col):
         x[n_ctx + f, col] = ifce[f, row * w + j] if f < n_ifce else 0
 
 
-@nb.njit(cache=True)
+@njit
 def wave_rows(t, n_rows, w, slope):
     """First and last stripe row of wave ``t``."""
     lo = 0
@@ -72,7 +99,7 @@ def wave_rows(t, n_rows, w, slope):
 PAD = 4  # context reaches 4 rows up and 4 columns left/right (9x9 window)
 
 
-@nb.njit(cache=True)
+@njit
 def _decode_stripe(buf, st, y_grid, r0, r1, w, ifce, n_ifce, canon, dys, dxs, slope,
                    wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in,
                    cum, offset, half_width):
@@ -164,7 +191,7 @@ def _decode_stripe(buf, st, y_grid, r0, r1, w, ifce, n_ifce, canon, dys, dxs, sl
             y_grid[r0 + i, j] = yp[i + PAD, j + PAD]
 
 
-@nb.njit(cache=True)
+@njit
 def _decode_grid_serial(data, starts, ends, states, bounds, y_grid, w, ifce, n_ifce, canon, dys, dxs, slope,
                         wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width):
     for s in range(states.shape[0]):
@@ -172,7 +199,7 @@ def _decode_grid_serial(data, starts, ends, states, bounds, y_grid, w, ifce, n_i
                        dys, dxs, slope, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width)
 
 
-@nb.njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, w, ifce, n_ifce, canon, dys, dxs, slope,
                           wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width):
     for s in nb.prange(states.shape[0]):
@@ -228,16 +255,33 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
     for s in range(n_sub):
         decoder_init(data[starts[s]:ends[s]], states[s])
     threads = max(1, min(int(threads), n_sub, nb.config.NUMBA_NUM_THREADS))
-    parallel = threads > 1
-    if parallel:
+    # One parallel launch at a time in the process (see the module docstring);
+    # a caller that finds one running decodes its stripes serially, which
+    # gives the same latents.
+    args = (arch, arm, data, starts, ends, states, dys, dxs, slope, tables)
+    if threads == 1 or not _parallel_launch.acquire(blocking=False):
+        return _decode_grids(*args, parallel=False)
+    try:
+        # set_num_threads is per calling thread in numba: give the caller its own back.
+        caller_threads = nb.get_num_threads()
         nb.set_num_threads(threads)
+        try:
+            return _decode_grids(*args, parallel=True)
+        finally:
+            nb.set_num_threads(caller_threads)
+    finally:
+        _parallel_launch.release()
+
+
+def _decode_grids(arch, arm, data, starts, ends, states, dys, dxs, slope, tables, parallel) -> List[np.ndarray]:
+    n_sub = states.shape[0]
+    run = _decode_grid_parallel if parallel else _decode_grid_serial
     decoded: List[np.ndarray] = []
     for g in arch.coded_grids():
         y_grid = np.zeros((g.h, g.w), dtype=np.int32)
         ifce = grid_ifce(arch, arm, g, decoded)
         n_ifce = arm.n_ifce if g.ifce_source >= 0 else 0
         bounds = np.array(stripe_bounds(g.h, n_sub), dtype=np.int64).reshape(n_sub, 2)
-        run = _decode_grid_parallel if parallel else _decode_grid_serial
         run(data, starts, ends, states, bounds, y_grid, g.w, ifce, n_ifce, canonical_features(arm, g), dys, dxs, slope,
             arm.w_hidden, arm.b_hidden, arm.w_out, arm.w_stab, arm.b_out, arm.shift, arm.n_hidden,
             arm.n_context, arm.dim_in, tables.cum, tables.offset, tables.half_width)

@@ -9,10 +9,11 @@ cores numba needs.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Union
 
-from .errors import ProviderError
+from .errors import InferenceError, ProviderError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # One session: decoding the same stream again skips the session build, while
@@ -20,6 +21,10 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # not one per stream. clear_session_cache() releases it.
 _CACHE_SIZE = 1
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
+# decode() may run in several threads: the cache's dict operations take this
+# lock; sessions are built outside it, and onnxruntime allows concurrent
+# run() calls on one session.
+_cache_lock = threading.Lock()
 
 
 def provider_names(provider: str) -> list:
@@ -59,6 +64,12 @@ def session_options(threads: int = 1):
     return so
 
 
+def ort_error_text(e: BaseException, limit: int = 400) -> str:
+    """An onnxruntime exception as one line of at most ``limit`` characters (CLI errors are one line)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def make_session(model: Union[bytes, "object"], provider: str = "cpu", threads: int = 1):
     """A new ``onnxruntime.InferenceSession`` for a ModelProto or its serialized bytes."""
     import onnxruntime as ort
@@ -69,8 +80,8 @@ def make_session(model: Union[bytes, "object"], provider: str = "cpu", threads: 
         sess = ort.InferenceSession(bytes(data), session_options(threads), providers=providers)
     except Exception as e:  # onnxruntime raises its own untyped errors
         if provider != "cpu":
-            raise ProviderError(f"could not start the {provider} execution provider: {e}") from e
-        raise
+            raise ProviderError(f"could not start the {provider} execution provider: {ort_error_text(e)}") from e
+        raise InferenceError(f"onnxruntime could not build the decoder graph: {ort_error_text(e)}") from e
     if provider != "cpu" and sess.get_providers()[0] != providers[0]:
         # onnxruntime falls back to CPU silently when the CUDA libraries fail to load.
         raise ProviderError(f"onnxruntime could not start {providers[0]}; it fell back to {sess.get_providers()}")
@@ -80,16 +91,21 @@ def make_session(model: Union[bytes, "object"], provider: str = "cpu", threads: 
 def cached_session(model_bytes: bytes, provider: str = "cpu", threads: int = 1):
     """:func:`make_session`, reusing the last session if it was built for the same bytes."""
     key = (hashlib.sha256(model_bytes).digest(), provider, threads)
-    sess = _cache.get(key)
-    if sess is not None:
-        _cache.move_to_end(key)
-        return sess
+    with _cache_lock:
+        sess = _cache.get(key)
+        if sess is not None:
+            _cache.move_to_end(key)
+            return sess
     sess = make_session(model_bytes, provider, threads)
-    _cache[key] = sess
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
+    with _cache_lock:
+        # Two threads may have built the same session: the last one stays cached.
+        _cache[key] = sess
+        _cache.move_to_end(key)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
     return sess
 
 
 def clear_session_cache() -> None:
-    _cache.clear()
+    with _cache_lock:
+        _cache.clear()

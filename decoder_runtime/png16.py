@@ -51,11 +51,11 @@ def encode_png16(planes: np.ndarray, compress_level: int = 6) -> bytes:
 
 
 def _unfilter(data: np.ndarray, h: int, stride: int, bpp: int) -> np.ndarray:
-    from numba import njit  # only this rare path pays for the JIT
+    from .jit import njit  # only this rare path pays for numba and the JIT
 
     global _unfilter_jit
     if _unfilter_jit is None:
-        _unfilter_jit = njit(cache=True)(_unfilter_py)
+        _unfilter_jit = njit(_unfilter_py)
     out = np.empty((h, stride), np.uint8)
     bad = _unfilter_jit(data, h, stride, bpp, out)
     if bad >= 0:

@@ -19,6 +19,7 @@ import decimal
 import functools
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,7 +177,7 @@ def get_tables() -> ProbTables:
     tables = build_tables()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # threads of one process may race here
         with open(tmp, "wb") as f:
             np.savez(f, cum=tables.cum, offset=tables.offset, half_width=tables.half_width)
         os.replace(tmp, path)

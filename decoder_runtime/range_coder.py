@@ -10,9 +10,9 @@ it survives between grids and threads.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
+from .jit import njit
 from .prob_tables import TOTAL_BITS
 
 TOP = 1 << 24
@@ -30,7 +30,7 @@ def new_state() -> np.ndarray:
     return np.zeros(4, dtype=np.int64)
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def _renorm(buf, pos, code, rng):
     while rng < TOP:
         b = np.int64(buf[pos]) if pos < buf.size else np.int64(0)
@@ -40,7 +40,7 @@ def _renorm(buf, pos, code, rng):
     return pos, code, rng
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def rc_symbol(buf, pos, code, rng, cum, off, n_sym):
     """Decode one symbol of ``cum[off : off + n_sym + 1]``: (index, pos, code, range).
 
@@ -65,7 +65,7 @@ def rc_symbol(buf, pos, code, rng, cum, off, n_sym):
     return lo, pos, code, rng
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def rc_bits(buf, pos, code, rng, nbits):
     """Decode ``nbits`` (<= 16) equiprobable bits: (value, pos, code, range)."""
     r = rng >> nbits
@@ -77,7 +77,7 @@ def rc_bits(buf, pos, code, rng, nbits):
     return t, pos, code, rng
 
 
-@nb.njit(cache=True)
+@njit
 def decoder_init(buf, st):
     st[ST_STATUS] = STATUS_OK
     code = np.int64(0)
@@ -88,13 +88,13 @@ def decoder_init(buf, st):
     st[ST_RANGE] = MASK32
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def check_overread(buf, st):
     if st[ST_POS] > buf.size + MAX_OVERREAD and st[ST_STATUS] == STATUS_OK:
         st[ST_STATUS] = STATUS_OVERREAD
 
 
-@nb.njit(cache=True)
+@njit
 def decode_symbol(buf, st, cum, off, n_sym):
     """Array-state form of :func:`rc_symbol` (the state persists in ``st``)."""
     s, st[ST_POS], st[ST_CODE], st[ST_RANGE] = rc_symbol(buf, st[ST_POS], st[ST_CODE], st[ST_RANGE], cum, off, n_sym)
@@ -102,7 +102,7 @@ def decode_symbol(buf, st, cum, off, n_sym):
     return s
 
 
-@nb.njit(cache=True)
+@njit
 def decode_bits(buf, st, nbits):
     """Array-state form of :func:`rc_bits`."""
     v, st[ST_POS], st[ST_CODE], st[ST_RANGE] = rc_bits(buf, st[ST_POS], st[ST_CODE], st[ST_RANGE], nbits)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .arch import DecoderArch
 from .common_randomness import common_randomness_grids
+from .errors import InferenceError
 from .frame import RawImage
 
 
@@ -19,7 +20,10 @@ def to_raw_image(x: np.ndarray, frame_data_type: str, bitdepth: int) -> RawImage
     m = (1 << bitdepth) - 1
     dtype = np.uint8 if bitdepth <= 8 else np.uint16
     # In place on float32: this runs on the full frame of every decode.
-    y = np.clip(x, 0.0, 1.0, dtype=np.float32)
+    # fmax/fmin rather than clip: a NaN (weights of a hostile file can
+    # overflow float32) becomes 0, not an undefined integer and a warning.
+    y = np.fmax(x, np.float32(0.0), dtype=np.float32)
+    np.fmin(y, np.float32(1.0), out=y)
     y *= np.float32(m)
     np.rint(y, out=y)
     planes: List[np.ndarray] = [p.astype(dtype) for p in y]
@@ -38,7 +42,7 @@ def synthesize(
 ) -> np.ndarray:
     """The clamped synthesis output ``(n_out, H, W)`` float32, run on onnxruntime."""
     from .onnx_graph import build_decoder_model_bytes, input_feed
-    from .ort_session import cached_session
+    from .ort_session import cached_session, ort_error_text
 
     t0 = time.perf_counter()
     model_bytes = build_decoder_model_bytes(arch, float_params)
@@ -46,7 +50,13 @@ def synthesize(
     sess = cached_session(model_bytes, provider, threads)
     t2 = time.perf_counter()
     feed = input_feed(arch, latents, common_randomness_grids(arch))
-    (out,) = sess.run(["image"], feed)
+    try:
+        (out,) = sess.run(["image"], feed)
+    except Exception as e:  # onnxruntime's errors are untyped; a caller gets a CoolChicError
+        raise InferenceError(
+            f"onnxruntime failed to run the upsampling and synthesis of a {arch.img_size[0]}x{arch.img_size[1]} "
+            f"frame: {ort_error_text(e)}"
+        ) from e
     t3 = time.perf_counter()
     if timings is not None:
         timings["graph_build"] = t1 - t0

@@ -129,6 +129,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.input, width=args.width, height=args.height,
             frame_data_type=args.frame_data_type, bitdepth=args.bitdepth, frame_index=args.frame,
         )
+        if args.device == "cpu":
+            # Process-wide malloc tuning: the CLI's choice as an application, never the library's.
+            from . import cpu
+
+            cpu.configure_cpu(args.threads)
         result = encode_image(
             image,
             lmbda=args.lmbda,

@@ -9,6 +9,13 @@ Two things matter on a CPU-only machine:
   page-faults its working set again (measured 45 000 faults and 4x slower
   elementwise ops). Raising the mmap and trim thresholds keeps that memory in
   the heap. This only affects this process, and only with glibc.
+
+The malloc tuning changes how the whole process allocates memory, so only an
+application may choose it: :func:`configure_cpu` is called by
+``coolchic-encode`` (encoder/cli.py) and the benchmarks, never by the library
+(``encode_frame``, ``encode_image``), which only sets torch's thread count
+(:func:`set_torch_threads`). An application embedding the encoder calls
+:func:`configure_cpu` itself if it wants the tuning.
 """
 
 from __future__ import annotations
@@ -42,14 +49,20 @@ def tune_malloc() -> bool:
         return False
 
 
+def set_torch_threads(num_threads: Optional[int] = None) -> int:
+    """Set torch's intra-op threads (default: available cores); returns the number in use."""
+    n = num_threads or available_cores()
+    torch.set_num_threads(n)
+    return n
+
+
 def configure_cpu(num_threads: Optional[int] = None) -> int:
-    """Set torch's intra-op threads (default: available cores) and tune malloc once.
+    """For applications only: :func:`set_torch_threads`, and tune malloc once per process.
 
     Returns the number of threads in use.
     """
     global _configured
-    n = num_threads or available_cores()
-    torch.set_num_threads(n)
+    n = set_torch_threads(num_threads)
     if not _configured:
         tune_malloc()
         _configured = True

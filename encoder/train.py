@@ -26,7 +26,7 @@ from decoder_runtime.errors import ConfigError, EncodeError
 
 from .complexity import archi_table
 from .coolchic import CoolChicEncoderParameter
-from .cpu import configure_cpu
+from .cpu import set_torch_threads
 from .frame_encoder import FrameData, FrameEncoder, as_frame_data, load_frame_encoder
 from .loss import LossFunctionOutput, loss_function
 from .optim import clip_network_grad, cosine_lr, linear_schedule, make_optimizer, set_lr, warmup_noise_level
@@ -386,7 +386,7 @@ def encode_frame(
         raise ConfigError(f"lambda must be positive, got {lmbda}")
     t_start = time.time()
     if torch.device(device).type == "cpu":
-        configure_cpu(num_threads)
+        set_torch_threads(num_threads)  # not configure_cpu: malloc tuning is the application's choice
     frame = as_frame_data(frame, device)
     param = coolchic_param.with_image_size(frame.height, frame.width)
     if param.encoder_gain is None:

@@ -12,19 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Sequence
 
-import numba as nb
 import numpy as np
 
 from decoder_runtime.arch import DecoderArch, stripe_bounds
 from decoder_runtime.arm_int import IntArm, arm_forward
 from decoder_runtime.errors import EncodeError
+from decoder_runtime.jit import njit
 from decoder_runtime.latent_codec import MAX_LATENT, context_arrays, gather_column, grid_ifce, wave_rows
 from decoder_runtime.prob_tables import TOTAL_BITS, get_tables
 
 from .range_encoder import encode_bits, encode_symbol, encoder_finish, new_encoder_state
 
 
-@nb.njit(cache=True)
+@njit
 def _grid_arm(y_grid, bounds, ifce, n_ifce, dys, dxs,
               wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, mu_int, frac, kidx):
     """ARM outputs of every pixel of a grid (row-major), stripes respected."""
@@ -44,7 +44,7 @@ def _grid_arm(y_grid, bounds, ifce, n_ifce, dys, dxs,
                         mu_int[o:o + w], frac[o:o + w], kidx[o:o + w])
 
 
-@nb.njit(cache=True)
+@njit
 def _encode_stripe(out, st, y_grid, r0, r1, slope, mu_int, frac, kidx, cum, offset, half_width):
     """Range code one stripe in wavefront order; return its ideal cost in bits."""
     w = y_grid.shape[1]

@@ -9,9 +9,9 @@ which are dropped (the decoder reads zeros past the end).
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
+from decoder_runtime.jit import njit
 from decoder_runtime.prob_tables import TOTAL_BITS
 from decoder_runtime.range_coder import MASK32, TOP
 
@@ -27,7 +27,7 @@ def new_encoder_state() -> np.ndarray:
     return st
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def _emit(out, st, byte):
     if st[E_SKIP] == 1:
         st[E_SKIP] = 0
@@ -40,7 +40,7 @@ def _emit(out, st, byte):
     st[E_POS] = p + 1
 
 
-@nb.njit(cache=True)
+@njit
 def _shift_low(out, st):
     low = st[E_LOW]
     if low < 0xFF000000 or low > MASK32:
@@ -57,14 +57,14 @@ def _shift_low(out, st):
     st[E_LOW] = (low & 0x00FFFFFF) << 8
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def _normalize(out, st):
     while st[E_RANGE] < TOP:
         st[E_RANGE] = (st[E_RANGE] << 8) & MASK32
         _shift_low(out, st)
 
 
-@nb.njit(cache=True)
+@njit
 def encode_symbol(out, st, c0, freq):
     """Encode the symbol whose cumulative frequency is ``c0`` and frequency ``freq``."""
     r = st[E_RANGE] >> TOTAL_BITS
@@ -73,7 +73,7 @@ def encode_symbol(out, st, c0, freq):
     _normalize(out, st)
 
 
-@nb.njit(cache=True)
+@njit
 def encode_bits(out, st, value, nbits):
     """Encode ``nbits`` (<= 16) equiprobable bits."""
     r = st[E_RANGE] >> nbits
@@ -82,7 +82,7 @@ def encode_bits(out, st, value, nbits):
     _normalize(out, st)
 
 
-@nb.njit(cache=True)
+@njit
 def encoder_finish(out, st):
     """Flush; return the number of bytes of ``out`` to keep (-1 on overflow)."""
     low = st[E_LOW]

@@ -1,18 +1,37 @@
 """Bitstream: exact round trips, compact framing, and clear errors on bad input."""
 
+import subprocess
+import sys
 import time
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
 
+import decoder_runtime
+from decoder_runtime.arch import DecoderArch, SynthesisLayer, parse_synthesis_layer
 from decoder_runtime.bitstream import read_bitstream
-from decoder_runtime.errors import BitstreamError, EncodeError
+from decoder_runtime.errors import BitstreamError, ConfigError, CoolChicError, EncodeError
 from decoder_runtime.expgolomb import exp_golomb_nbits, read_network_params
 from decoder_runtime.latent_codec import decode_latents
 from export.bitstream_writer import encode_network_params, varint, write_bitstream
 
-from conftest import SHARED, make_arch, random_int_model
+from conftest import REPO, SHARED, make_arch, random_int_model
+
+if str(REPO) not in sys.path:  # fuzz/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+from fuzz.mutator import (  # noqa: E402
+    OPERATORS,
+    RngDraw,
+    arch_of_fields,
+    field_sizes,
+    join,
+    mutate,
+    seed_bitstreams,
+    split,
+    zero_param_section,
+)
 
 
 @pytest.fixture
@@ -155,7 +174,7 @@ def test_fuzz_hostile_payload_with_valid_crc(written):
     bs = read_bitstream(wb.data)
     start = len(wb.data) - 4 - sum(len(s) for s in bs.substreams)
     rng = np.random.default_rng(7)
-    outcomes = set()
+    outcomes = Counter()
     for _ in range(60):
         body = bytearray(wb.data[:-4])
         for _ in range(4):
@@ -163,7 +182,189 @@ def test_fuzz_hostile_payload_with_valid_crc(written):
             body[i] = int(rng.integers(0, 256))
         try:
             _decode_all(_with_crc(bytes(body)))
-            outcomes.add("decoded")
-        except BitstreamError:
-            outcomes.add("error")
-    assert outcomes <= {"decoded", "error"}
+            outcomes["decoded"] += 1
+        except Exception as e:  # recorded by type: anything but a BitstreamError fails below
+            outcomes[type(e).__name__] += 1
+    assert set(outcomes) <= {"decoded", "BitstreamError"}, outcomes
+    # Both outcomes occur (seeded): garbage in the substreams reaches the
+    # latent decoder, which either decodes it or names the fault.
+    assert outcomes["decoded"] > 0 and outcomes["BitstreamError"] > 0, outcomes
+
+
+# ---- structure-aware fuzzing: mutants past the CRC -----------------------------
+FUZZ_LIMITS = dict(max_pixels=1 << 16, max_memory="256M")  # a mutant's decode stays small and quick
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    return seed_bitstreams()
+
+
+def _outcome(data):
+    """'decoded', or the CoolChicError subclass's name and its message; anything else propagates."""
+    try:
+        decoder_runtime.decode(data, **FUZZ_LIMITS)
+        return "decoded", ""
+    except CoolChicError as e:
+        return type(e).__name__, str(e)
+
+
+def test_mutator_cuts_and_joins_every_seed(seeds):
+    for name, data in seeds.items():
+        s = split(data)
+        assert join(s) == data, name
+        bs = read_bitstream(data)
+        q, shifts, _ = read_network_params(s.params, bs.arch)
+        assert dict(shifts) == dict(bs.shifts)
+        assert all(np.array_equal(q[k], bs.q_params[k]) for k in bs.q_params)
+        assert tuple(s.substreams) == bs.substreams
+        assert arch_of_fields(s.fields) == bs.arch
+
+
+def test_structure_aware_fuzz_reaches_past_the_crc(seeds):
+    """Mutants of header fields, architectures (with a matching parameter section),
+    parameters and substreams, CRC fixed: every decode succeeds or raises a
+    CoolChicError, quickly, and the mutants reach every stage of the decoder."""
+    draw = RngDraw(2024)
+    names = sorted(seeds)
+    stats, messages, ops_seen = Counter(), Counter(), Counter()
+    worst = 0.0
+    for i in range(400):
+        data, ops = mutate(seeds[names[i % len(names)]], draw)
+        ops_seen.update(ops)
+        t0 = time.perf_counter()
+        kind, msg = _outcome(data)
+        worst = max(worst, time.perf_counter() - t0)
+        stats[kind] += 1
+        for stage, key in (("crc", "CRC-32"), ("architecture", "impossible decoder"), ("params", "network parameter"),
+                           ("param_bound", "a parameter exceeds"), ("latents", "grid "), ("limits", "limit")):
+            if key in msg:
+                messages[stage] += 1
+    assert set(stats) <= {"decoded", "BitstreamError", "ResourceLimitError"}, stats
+    assert worst < 5.0, f"a mutant took {worst:.1f} s to decode"
+    assert set(ops_seen) == set(OPERATORS)
+    # Past the CRC: only the mutants whose CRC was deliberately broken die there.
+    assert messages["crc"] < 0.05 * 400, messages
+    assert stats["decoded"] >= 40, stats
+    for stage in ("architecture", "params", "param_bound", "latents", "limits"):
+        assert messages[stage] >= 3, (stage, messages)
+
+
+def test_fuzz_through_the_cli_one_line_errors(seeds, tmp_path):
+    """A handful of mutants through ``python -m decoder_runtime``, run at once: a
+    decode, or one line of error and exit status 1, never a traceback."""
+    draw = RngDraw(77)
+    cases = []
+    names = sorted(seeds)
+    wanted = {"decoded": 1, "BitstreamError": 3}
+    i = 0
+    while any(wanted.values()):
+        data, _ = mutate(seeds[names[i % len(names)]], draw)
+        kind, _ = _outcome(data)
+        if wanted.get(kind, 0):
+            wanted[kind] -= 1
+            cases.append((kind, data))
+        i += 1
+    cases.append(("ResourceLimitError", seeds[names[0]]))  # refused by --max-memory below
+    procs = []
+    for j, (kind, data) in enumerate(cases):
+        src, out = tmp_path / f"m{j}.cool", tmp_path / f"m{j}.png"
+        src.write_bytes(data)
+        args = [sys.executable, "-m", "decoder_runtime", "-i", str(src), "-o", str(out),
+                "--max-memory", "1M" if kind == "ResourceLimitError" else "256M"]
+        procs.append((kind, out, subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                  text=True)))
+    for kind, out, p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        if kind == "decoded":
+            assert (p.returncode, stderr) == (0, "") and out.exists()
+        else:
+            assert p.returncode == 1, stderr
+            assert stderr.startswith("coolchic-decode: error: ") and stderr.count("\n") == 1, stderr
+            assert "Traceback" not in stderr and not out.exists()
+            if kind == "ResourceLimitError":
+                assert "--max-memory" in stderr and "memory limit of 1.0 MiB" in stderr
+
+
+@pytest.mark.parametrize("kernel", [0, 2, 40])
+def test_crafted_synthesis_kernel_is_refused(seeds, kernel):
+    """A header with an even, zero or oversized synthesis kernel and a parameter
+    section that matches it exactly is refused by the architectural rules."""
+    s = split(seeds["mop_ifce_hyper_cr"])
+    field = next(f for f in s.fields if f.name == "layer 2 kernel")
+    field.value = kernel << 2 | (field.value & 3)
+    crafted = arch_of_fields(s.fields)
+    sizes = field_sizes(crafted)
+    s.params = zero_param_section(sizes)
+    data = join(s)
+    # The section is consistent with the crafted header: only the rule stops it.
+    q, _, _ = read_network_params(s.params, crafted)
+    assert q["synthesis.layers.2.weight"].shape == (3, 3, kernel, kernel)
+    with pytest.raises(BitstreamError, match=rf"synthesis layer 2: kernel size must be odd and in \[1, 9\], got {kernel}"):
+        read_bitstream(data)
+    with pytest.raises(BitstreamError, match="kernel size must be odd"):
+        decoder_runtime.decode(data)
+
+
+def test_synthesis_layer_rules_live_in_one_place():
+    with pytest.raises(ConfigError, match="kernel size must be odd"):
+        SynthesisLayer(3, 2, False, True)
+    with pytest.raises(ConfigError, match=r"output size must be an integer in \[1, 256\], got 257"):
+        SynthesisLayer(257, 3, False, True)
+    with pytest.raises(ConfigError, match="'16-4-linear-relu': kernel size must be odd"):
+        parse_synthesis_layer("16-4-linear-relu", 3)
+    assert parse_synthesis_layer("X-9-residual-none", 3) == SynthesisLayer(3, 9, True, False)
+
+
+def _random_valid_arch(rng) -> DecoderArch:
+    """A random architecture within the rules, on a tiny frame (1x1 up to 40x40)."""
+    fdt = ["rgb", "yuv420", "yuv444", "gray"][int(rng.integers(0, 4))]
+    h, w = int(rng.integers(1, 41)), int(rng.integers(1, 41))
+    if fdt == "yuv420":
+        h, w = 2 * ((h + 1) // 2), 2 * ((w + 1) // 2)
+    n_out = 1 if fdt == "gray" else 3
+    lo = int(rng.integers(0, 3))
+    hi = lo + int(rng.integers(0, 4))
+    cr = bool(rng.random() < 0.3)
+    cin = (hi - lo + 1) * (2 if cr else 1)
+    layers, c = [], cin
+    for i in range(int(rng.integers(0, 3))):
+        out = int(rng.choice([c, 2, 5, 8]))
+        residual = out == c and bool(rng.random() < 0.5)
+        layers.append(SynthesisLayer(out, int(rng.choice([1, 3, 5, 7, 9])), residual, bool(rng.random() < 0.5)))
+        c = out
+    layers.append(SynthesisLayer(n_out, int(rng.choice([1, 3, 9])), c == n_out and bool(rng.random() < 0.5), False))
+    hyper = None
+    if rng.random() < 0.4:
+        a = int(rng.integers(0, 4))
+        hyper = (a, a + int(rng.integers(0, 2)))
+    ifce, nf = None, 0
+    if rng.random() < 0.5:
+        a = int(rng.integers(0, 3))
+        ifce, nf = (a, a + int(rng.integers(0, 2))), int(rng.integers(1, 17))
+    return DecoderArch(
+        img_size=(h, w), frame_data_type=fdt, bitdepth=int(rng.choice([8, 10, 12, 16])), latent_resolution=(lo, hi),
+        hyper_latent_resolution=hyper, spatial_context_arm=8 * int(rng.integers(1, 6)),
+        n_hidden_layers_arm=int(rng.integers(0, 3)), linear_stabiliser_arm=bool(rng.random() < 0.5),
+        ifce_resolution=ifce, output_feature_ifce=nf, ups_k_size=int(rng.choice([4, 6, 8, 16])),
+        ups_preconcat_k_size=int(rng.choice([1, 3, 7, 15])), static_upsampling_kernel=bool(rng.random() < 0.3),
+        layers_synthesis=tuple(layers), linear_stabiliser_synth=bool(rng.random() < 0.3),
+        flag_common_randomness=cr, common_randomness_seed=int(rng.integers(0, 1 << 32)) if cr else 0,
+        final_upsampling_type=["nearest", "bilinear", "bicubic"][int(rng.integers(0, 3))],
+    )
+
+
+def test_every_accepted_header_builds_and_runs():
+    """Random architectures within the rules round-trip through the header and
+    decode to an image of the right shape (onnxruntime builds and runs each graph)."""
+    rng = np.random.default_rng(11)
+    for i in range(30):
+        arch = _random_valid_arch(rng)
+        q, shifts, expgol, latents = random_int_model(arch, seed=i, amp=12, shift=6)
+        data = write_bitstream(arch, q, shifts, expgol, latents, int(rng.integers(1, 4))).data
+        assert read_bitstream(data).arch == arch
+        dec = decoder_runtime.decode(data)
+        h, w = arch.img_size
+        want = [(h, w)] + ([(h // 2, w // 2)] * 2 if arch.frame_data_type == "yuv420" else [(h, w)] * (arch.n_out - 1))
+        assert [p.shape for p in dec.image.planes] == want, arch
+        assert all(int(p.max()) <= (1 << arch.bitdepth) - 1 for p in dec.image.planes)

@@ -68,6 +68,9 @@ def test_decode_path_and_yuv420_10bit(tmp_path):
     assert [p.shape for p in dec.image.planes] == [(16, 24), (8, 12), (8, 12)]
     assert dec.image.planes[0].dtype == np.uint16
     assert np.abs(dec.image.planes[1].astype(np.int64) - want[1][::2, ::2]).max() <= 1
+    y, u, v = dec.to_numpy()
+    assert (y.shape, u.shape, v.shape, u.dtype) == ((16, 24), (8, 12), (8, 12), np.uint16)
+    assert dec.to_numpy()._asdict()["v"] is dec.image.planes[2]
 
 
 def test_cli_writes_image(rgb_stream, tmp_path, capsys):
@@ -147,7 +150,7 @@ def test_api_orders_latent_grids_finest_first(monkeypatch):
             return {"sentinel": np.zeros(1, np.float32)}
 
     coded = arch.coded_grids()
-    monkeypatch.setattr("decoder_runtime.bitstream.read_bitstream", lambda data: FakeBitstream())
+    monkeypatch.setattr("decoder_runtime.bitstream.read_bitstream", lambda data, **limits: FakeBitstream())
     monkeypatch.setattr(
         "decoder_runtime.latent_codec.decode_latents",
         lambda bs, threads=1: [np.full((g.h, g.w), 100 * g.hyper + g.latent_index, np.int32) for g in coded],
@@ -169,7 +172,7 @@ def test_provider_checked_before_decoding(monkeypatch):
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has CUDA")
-    monkeypatch.setattr("decoder_runtime.bitstream.read_bitstream", lambda data: pytest.fail("decoded anyway"))
+    monkeypatch.setattr("decoder_runtime.bitstream.read_bitstream", lambda data, **limits: pytest.fail("decoded anyway"))
     with pytest.raises(ProviderError, match="not available"):
         decoder_runtime.decode(b"x", provider="cuda")
 

@@ -34,10 +34,21 @@ def _run(args, capsys):
     return code, out.out, out.err
 
 
-def test_encode_then_decode(tiny_png, tmp_path, capsys):
+def _record_malloc_tuning(monkeypatch):
+    from encoder import cpu
+
+    calls = []
+    monkeypatch.setattr(cpu, "_configured", False)
+    monkeypatch.setattr(cpu, "tune_malloc", lambda: calls.append("mallopt") or True)
+    return calls
+
+
+def test_encode_then_decode(tiny_png, tmp_path, capsys, monkeypatch):
     out = tmp_path / "tiny.cool"
+    malloc_tuning = _record_malloc_tuning(monkeypatch)
     code, stdout, err = _run(["-i", tiny_png, "-o", out, *FAST], capsys)
     assert code == 0, err
+    assert malloc_tuning == ["mallopt"]  # the CLI, an application, tunes its own process
     assert out.exists() and "bpp" in stdout and "PSNR" in stdout
     dec = decode(out.read_bytes())
     ref = read_image(tiny_png)
@@ -46,6 +57,23 @@ def test_encode_then_decode(tiny_png, tmp_path, capsys):
     mse = np.mean((dec.to_numpy().astype(float) - ref.to_hwc().astype(float)) ** 2)
     assert 10 * np.log10(255**2 / mse) > 15
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.cool"]  # no temporary left behind
+
+
+def test_library_encode_leaves_malloc_alone(tiny_png, monkeypatch):
+    """encode_image is a library call: no process-wide malloc tuning (torch threads only, as asked)."""
+    import torch
+
+    from encoder.api import encode_image
+
+    malloc_tuning = _record_malloc_tuning(monkeypatch)
+    threads = torch.get_num_threads()
+    try:
+        res = encode_image(read_image(tiny_png), lmbda=1e-3, preset="debug", dec_cfg="vlop", n_itr=10, threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert res.bitstream[:2] == b"Cc" and res.decoded.width == 48
+    assert malloc_tuning == []
 
 
 def test_encode_yuv420_10bit(tmp_path, capsys):
