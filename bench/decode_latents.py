@@ -19,8 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from decoder_runtime.bitstream import read_bitstream  # noqa: E402
-from decoder_runtime.latent_codec import decode_latents  # noqa: E402
+from coolchic.decoder_runtime.bitstream import read_bitstream  # noqa: E402
+from coolchic.decoder_runtime.latent_codec import decode_latents  # noqa: E402
 
 
 def time_decode(bs, threads: int, repeat: int):

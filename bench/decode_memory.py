@@ -33,16 +33,16 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from decoder_runtime.arch import DecoderArch, modules_to_send, parse_synthesis_layer  # noqa: E402
-from decoder_runtime.budget import estimate_memory, format_bytes  # noqa: E402
-from decoder_runtime.expgolomb import module_kinds  # noqa: E402
+from coolchic.decoder_runtime.arch import DecoderArch, modules_to_send, parse_synthesis_layer  # noqa: E402
+from coolchic.decoder_runtime.budget import estimate_memory, format_bytes  # noqa: E402
+from coolchic.decoder_runtime.expgolomb import module_kinds  # noqa: E402
 
 SHIPPED = ("vlop", "lop", "mop", "hop", "vhop")
 
 
 def shipped_arch(name: str, size) -> DecoderArch:
     """The DecoderArch of a bundled decoder configuration (cfg/dec) at ``size``."""
-    from encoder.presets import decoder_config_to_param, load_decoder_config
+    from coolchic.encoder.presets import decoder_config_to_param, load_decoder_config
 
     return decoder_config_to_param(load_decoder_config(name), img_size=size).to_arch("rgb", 8)
 
@@ -65,8 +65,8 @@ def hostile_archs(size):
 
 
 def write_zero_stream(arch: DecoderArch, path: Path) -> None:
-    from decoder_runtime.arch import param_layout
-    from export.bitstream_writer import write_bitstream
+    from coolchic.decoder_runtime.arch import param_layout
+    from coolchic.export.bitstream_writer import write_bitstream
 
     q = {p.name: np.zeros(p.shape, np.int32) for p in param_layout(arch)}
     kinds = [(m, k) for m in modules_to_send(arch) for k in module_kinds(arch, m)]
@@ -78,8 +78,8 @@ def write_zero_stream(arch: DecoderArch, path: Path) -> None:
 
 CHILD = r"""
 import sys, json
-import decoder_runtime
-from decoder_runtime.bitstream import read_bitstream
+from coolchic import decoder_runtime
+from coolchic.decoder_runtime.bitstream import read_bitstream
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="512x768 and 1024x1024 only (no 16.7 Mpixel frames)")
     ap.add_argument("--bitstream", type=Path, nargs="*", default=[], help="also measure these files")
     args = ap.parse_args()
-    from decoder_runtime.bitstream import read_bitstream
+    from coolchic.decoder_runtime.bitstream import read_bitstream
 
     cases = []
     for name in SHIPPED:

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-import decoder_runtime  # noqa: E402
+from coolchic import decoder_runtime  # noqa: E402
 
 
 def child_wall_and_rss(cmd, runs: int):
@@ -63,7 +63,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.png")
-        exe = [sys.executable, "-m", "decoder_runtime", "-i", str(args.bitstream), "-o", out,
+        exe = [sys.executable, "-m", "coolchic.decoder_runtime", "-i", str(args.bitstream), "-o", out,
                "--threads", str(args.threads)]
         subprocess.run(exe, check=True, capture_output=True)  # warm numba cache on disk
         wall, rss = child_wall_and_rss(exe, 5)

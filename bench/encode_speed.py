@@ -24,8 +24,8 @@ sys.path.insert(0, REPO)
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from decoder_runtime.frame import RawImage  # noqa: E402
-from encoder import (  # noqa: E402
+from coolchic.decoder_runtime.frame import RawImage  # noqa: E402
+from coolchic.encoder import (  # noqa: E402
     FrameEncoder,
     configure_cpu,
     decoder_config_to_param,
@@ -34,7 +34,7 @@ from encoder import (  # noqa: E402
     loss_function,
     quantize_model,
 )
-from encoder.optim import clip_network_grad, make_optimizer  # noqa: E402
+from coolchic.encoder.optim import clip_network_grad, make_optimizer  # noqa: E402
 
 
 def read_rgb(path: str) -> RawImage:

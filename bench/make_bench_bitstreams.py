@@ -17,9 +17,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from decoder_runtime.atomic_file import atomic_write_bytes  # noqa: E402
-from decoder_runtime.image_io import read_image  # noqa: E402
-from encoder.api import encode_image  # noqa: E402
+from coolchic.decoder_runtime.atomic_file import atomic_write_bytes  # noqa: E402
+from coolchic.decoder_runtime.image_io import read_image  # noqa: E402
+from coolchic.encoder.api import encode_image  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "data" / "kodim01_mop.cool")
     args = ap.parse_args()
-    from encoder.cpu import configure_cpu
+    from coolchic.encoder.cpu import configure_cpu
 
     configure_cpu(args.threads)  # an application's choice, as coolchic-encode makes it (malloc tuning)
     t0 = time.perf_counter()

@@ -28,9 +28,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from decoder_runtime.arch import DecoderArch, modules_to_send, param_layout, parse_synthesis_layer  # noqa: E402
-from decoder_runtime.errors import BitstreamError  # noqa: E402
-from decoder_runtime.expgolomb import module_kinds, read_network_params  # noqa: E402
+from coolchic.decoder_runtime.arch import DecoderArch, modules_to_send, param_layout, parse_synthesis_layer  # noqa: E402
+from coolchic.decoder_runtime.errors import BitstreamError  # noqa: E402
+from coolchic.decoder_runtime.expgolomb import module_kinds, read_network_params  # noqa: E402
 
 
 def arch_of(layers: str) -> DecoderArch:

@@ -138,10 +138,10 @@ def reference_curve(names, lmbdas=None):
 def encode_coolchic(job):
     """One encode + torch-free decode; run in a worker process."""
     name, img, lmbda, preset, dec_cfg, n_itr, threads = job
-    from decoder_runtime import decode
-    from decoder_runtime.frame import RawImage
-    from encoder.api import encode_image
-    from encoder.cpu import configure_cpu
+    from coolchic.decoder_runtime import decode
+    from coolchic.decoder_runtime.frame import RawImage
+    from coolchic.encoder.api import encode_image
+    from coolchic.encoder.cpu import configure_cpu
 
     configure_cpu(threads)  # an application's choice, as coolchic-encode makes it (malloc tuning)
     raw = RawImage(tuple(img[..., c] for c in range(3)), "rgb", 8)

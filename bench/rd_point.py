@@ -53,10 +53,10 @@ def main() -> None:
     ap.add_argument("--curve", type=Path, default=HERE / "results" / "rd.coolchic.tsv")
     args = ap.parse_args()
 
-    from decoder_runtime import decode
-    from decoder_runtime.frame import RawImage
-    from encoder.api import encode_image
-    from encoder.cpu import configure_cpu
+    from coolchic.decoder_runtime import decode
+    from coolchic.decoder_runtime.frame import RawImage
+    from coolchic.encoder.api import encode_image
+    from coolchic.encoder.cpu import configure_cpu
 
     configure_cpu(args.threads)  # an application's choice, as coolchic-encode makes it (malloc tuning)
     n = int(args.image.replace("kodim", ""))

@@ -20,11 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from decoder_runtime.arch import DecoderArch, param_layout, parse_synthesis_layer  # noqa: E402
-from decoder_runtime.common_randomness import common_randomness_grids  # noqa: E402
-from decoder_runtime.onnx_graph import build_decoder_model_bytes, input_feed  # noqa: E402
-from decoder_runtime.ort_session import make_session  # noqa: E402
-from decoder_runtime.reconstruct import to_raw_image  # noqa: E402
+from coolchic.decoder_runtime.arch import DecoderArch, param_layout, parse_synthesis_layer  # noqa: E402
+from coolchic.decoder_runtime.common_randomness import common_randomness_grids  # noqa: E402
+from coolchic.decoder_runtime.onnx_graph import build_decoder_model_bytes, input_feed  # noqa: E402
+from coolchic.decoder_runtime.ort_session import make_session  # noqa: E402
+from coolchic.decoder_runtime.reconstruct import to_raw_image  # noqa: E402
 
 MOP = "32-1-linear-relu,X-1-linear-none,X-3-residual-relu,X-3-residual-none"
 

@@ -1,4 +1,4 @@
-"""``python -m decoder_runtime``: the same as ``coolchic-decode``."""
+"""``python -m coolchic.decoder_runtime``: the same as ``coolchic-decode``."""
 
 from .cli import main
 

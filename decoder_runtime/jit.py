@@ -232,7 +232,7 @@ def _attach_cache(disp) -> None:
 def njit(func: Optional[Callable] = None, **options):
     """``numba.njit(**options)`` with the disk cache of this module; ``cache`` is not an option here."""
     if "cache" in options:
-        raise TypeError("decoder_runtime.jit.njit always caches: do not pass cache=")
+        raise TypeError("coolchic.decoder_runtime.jit.njit always caches: do not pass cache=")
     if func is None:
         return functools.partial(njit, **options)
     disp = numba.njit(**options)(func)

@@ -19,11 +19,11 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import torch
 
-from decoder_runtime import decode
-from decoder_runtime.atomic_file import atomic_write_bytes
-from decoder_runtime.errors import ConfigError, EncodeError
-from decoder_runtime.frame import RawImage
-from export.bitstream_writer import WrittenBitstream, write_bitstream
+from coolchic.decoder_runtime import decode
+from coolchic.decoder_runtime.atomic_file import atomic_write_bytes
+from coolchic.decoder_runtime.errors import ConfigError, EncodeError
+from coolchic.decoder_runtime.frame import RawImage
+from coolchic.export.bitstream_writer import WrittenBitstream, write_bitstream
 
 from .frame_encoder import FrameEncoder
 from .presets import decoder_config_to_param, load_decoder_config, load_encoder_preset
@@ -182,7 +182,7 @@ def write_outputs(result: EncodedImage, output: Path, export_onnx_dir: Optional[
     """Write the bitstream atomically; with ``export_onnx_dir`` also the ONNX graph."""
     atomic_write_bytes(output, result.bitstream)
     if export_onnx_dir is not None:
-        from export.onnx_export import export_onnx
+        from coolchic.export.onnx_export import export_onnx
 
         export_onnx_dir.mkdir(parents=True, exist_ok=True)
         export_onnx(result.frame_encoder.coolchic_encoder, export_onnx_dir / (Path(output).stem + ".onnx"))

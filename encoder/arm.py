@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoder_runtime.arch import DecoderArch, arm_context_offsets, stripe_bounds
+from coolchic.decoder_runtime.arch import DecoderArch, arm_context_offsets, stripe_bounds
 
 from .init import init_linear_weight_
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from decoder_runtime.cli import positive_int
+from coolchic.decoder_runtime.cli import positive_int
 
 PROG = "coolchic-encode"
 
@@ -112,8 +112,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError:
         return _fail("the encoder needs PyTorch: pip install 'coolchic[encoder]'")
 
-    from decoder_runtime.errors import CoolChicError
-    from decoder_runtime.image_io import read_image
+    from coolchic.decoder_runtime.errors import CoolChicError
+    from coolchic.decoder_runtime.image_io import read_image
 
     from .api import encode_image, write_outputs
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from decoder_runtime.arch import DecoderArch, param_layout
+from coolchic.decoder_runtime.arch import DecoderArch, param_layout
 
 _FINAL_UPSAMPLING_TAPS = {"nearest": 0, "bilinear": 4, "bicubic": 16}
 

@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoder_runtime.arch import (
+from coolchic.decoder_runtime.arch import (
     DecoderArch,
     modules_to_send,
     n_output_channels,
     param_layout,
     parse_synthesis_layer,
 )
-from decoder_runtime.common_randomness import common_randomness_grids
-from decoder_runtime.errors import ConfigError
+from coolchic.decoder_runtime.common_randomness import common_randomness_grids
+from coolchic.decoder_runtime.errors import ConfigError
 
 from . import complexity
 from .arm import ArmIndices, ArmMLP, Ifce, arm_input, build_arm_indices, laplace_rate, split_flat

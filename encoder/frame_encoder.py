@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from decoder_runtime.arch import FRAME_DATA_TYPES
-from decoder_runtime.errors import ConfigError
-from decoder_runtime.frame import RawImage
+from coolchic.decoder_runtime.arch import FRAME_DATA_TYPES
+from coolchic.decoder_runtime.errors import ConfigError
+from coolchic.decoder_runtime.frame import RawImage
 
 from .coolchic import CoolChicEncoder, CoolChicEncoderParameter
 

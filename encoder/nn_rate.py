@@ -9,7 +9,7 @@ from typing import Iterable, Tuple
 
 import numpy as np
 
-from decoder_runtime.expgolomb import MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, exp_golomb_nbits
+from coolchic.decoder_runtime.expgolomb import MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, exp_golomb_nbits
 
 POSSIBLE_SHIFTS = tuple(range(MAX_SHIFT + 1))  # quantization step 2^-s
 POSSIBLE_EXPGOL_COUNTS = tuple(range(MAX_COUNT + 1))

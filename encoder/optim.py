@@ -34,7 +34,7 @@ from typing import Iterable, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from decoder_runtime.errors import ConfigError
+from coolchic.decoder_runtime.errors import ConfigError
 
 MAX_PRECOND_DIM = 256
 NETWORK_WEIGHT_DECAY = 0.01

@@ -14,7 +14,7 @@ import importlib.resources
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from decoder_runtime.errors import ConfigError
+from coolchic.decoder_runtime.errors import ConfigError
 
 from .coolchic import CoolChicEncoderParameter
 from .train import EncoderPreset, TrainerPhase, WarmupPhase

@@ -23,7 +23,7 @@ from typing import Dict, Optional
 
 import torch
 
-from decoder_runtime.errors import EncodeError
+from coolchic.decoder_runtime.errors import EncodeError
 
 from .frame_encoder import FrameEncoder, as_frame_data
 from .loss import squared_error_and_count

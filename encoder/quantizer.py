@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from decoder_runtime.errors import ConfigError
+from coolchic.decoder_runtime.errors import ConfigError
 
 QUANTIZER_TYPES = ("softround_alone", "softround", "hardround", "ste", "none")
 QUANTIZER_NOISE_TYPES = ("kumaraswamy", "gaussian", "none")

@@ -26,7 +26,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from decoder_runtime.expgolomb import exp_golomb_nbits
+from coolchic.decoder_runtime.expgolomb import exp_golomb_nbits
 
 from .arm import arm_input, laplace_rate
 from .frame_encoder import FrameEncoder

@@ -12,8 +12,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from decoder_runtime.arch import DecoderArch, param_layout
-from decoder_runtime.errors import EncodeError
+from coolchic.decoder_runtime.arch import DecoderArch, param_layout
+from coolchic.decoder_runtime.errors import EncodeError
 
 from .arm import split_flat
 from .frame_encoder import FrameEncoder

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoder_runtime.arch import SynthesisLayer
+from coolchic.decoder_runtime.arch import SynthesisLayer
 
 from .init import init_conv_weight_
 

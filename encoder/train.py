@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from decoder_runtime.errors import ConfigError, EncodeError
+from coolchic.decoder_runtime.errors import ConfigError, EncodeError
 
 from .complexity import archi_table
 from .coolchic import CoolChicEncoderParameter

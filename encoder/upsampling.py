@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoder_runtime.upsampling_kernels import default_upsampling_kernels
+from coolchic.decoder_runtime.upsampling_kernels import default_upsampling_kernels
 
 
 def initial_tconv_kernel(k: int) -> Tensor:

@@ -14,13 +14,13 @@ from typing import Mapping, Sequence, Tuple
 
 import numpy as np
 
-from decoder_runtime.arch import FINAL_UPSAMPLING_TYPES, FRAME_DATA_TYPES, DecoderArch, modules_to_send, param_layout
-from decoder_runtime.arm_int import build_int_arm
-from decoder_runtime.bitstream import FORMAT_VERSION, MAGIC, MAX_SUBSTREAMS, read_bitstream
-from decoder_runtime.errors import BitstreamError, EncodeError
-from decoder_runtime.expgolomb import COUNT_BITS, MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, SHIFT_BITS, module_kinds
-from decoder_runtime.latent_codec import decode_latent_grids
-from decoder_runtime.onnx_proto import leb128
+from coolchic.decoder_runtime.arch import FINAL_UPSAMPLING_TYPES, FRAME_DATA_TYPES, DecoderArch, modules_to_send, param_layout
+from coolchic.decoder_runtime.arm_int import build_int_arm
+from coolchic.decoder_runtime.bitstream import FORMAT_VERSION, MAGIC, MAX_SUBSTREAMS, read_bitstream
+from coolchic.decoder_runtime.errors import BitstreamError, EncodeError
+from coolchic.decoder_runtime.expgolomb import COUNT_BITS, MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, SHIFT_BITS, module_kinds
+from coolchic.decoder_runtime.latent_codec import decode_latent_grids
+from coolchic.decoder_runtime.onnx_proto import leb128
 
 from .latent_encoder import encode_latent_grids
 

@@ -14,12 +14,12 @@ from typing import List, Sequence
 
 import numpy as np
 
-from decoder_runtime.arch import DecoderArch, stripe_bounds
-from decoder_runtime.arm_int import IntArm, arm_forward
-from decoder_runtime.errors import EncodeError
-from decoder_runtime.jit import njit
-from decoder_runtime.latent_codec import MAX_LATENT, context_arrays, gather_column, grid_ifce, wave_rows
-from decoder_runtime.prob_tables import TOTAL_BITS, get_tables
+from coolchic.decoder_runtime.arch import DecoderArch, stripe_bounds
+from coolchic.decoder_runtime.arm_int import IntArm, arm_forward
+from coolchic.decoder_runtime.errors import EncodeError
+from coolchic.decoder_runtime.jit import njit
+from coolchic.decoder_runtime.latent_codec import MAX_LATENT, context_arrays, gather_column, grid_ifce, wave_rows
+from coolchic.decoder_runtime.prob_tables import TOTAL_BITS, get_tables
 
 from .range_encoder import encode_bits, encode_symbol, encoder_finish, new_encoder_state
 

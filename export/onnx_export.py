@@ -58,11 +58,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoder_runtime.arch import DecoderArch
-from decoder_runtime.atomic_file import atomic_write_bytes
-from decoder_runtime.errors import ConfigError, EncodeError
-from decoder_runtime.onnx_graph import cr_input_names, latent_input_names
-from decoder_runtime.upsampling_kernels import default_upsampling_kernels
+from coolchic.decoder_runtime.arch import DecoderArch
+from coolchic.decoder_runtime.atomic_file import atomic_write_bytes
+from coolchic.decoder_runtime.errors import ConfigError, EncodeError
+from coolchic.decoder_runtime.onnx_graph import cr_input_names, latent_input_names
+from coolchic.decoder_runtime.upsampling_kernels import default_upsampling_kernels
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Resize with sizes and cubic_coeff_a, Pad with pads as an input
@@ -244,7 +244,7 @@ def model_card(arch: DecoderArch) -> Dict[str, str]:
     if arch.flag_common_randomness:
         seed = arch.common_randomness_seed
         inputs += [{"name": nm, "shape": [1, 1, h, w], "dtype": "float32",
-                    "content": f"decoder_runtime.common_randomness.noise_grid({seed}, {i}, {h}, {w})"}
+                    "content": f"coolchic.decoder_runtime.common_randomness.noise_grid({seed}, {i}, {h}, {w})"}
                    for i, (nm, (h, w)) in enumerate(zip(cr_input_names(n), sizes))]
     output = {"name": OUTPUT_NAME, "shape": [1, arch.n_out, *arch.img_size], "dtype": "float32", "range": [0.0, 1.0]}
     maxv = (1 << arch.bitdepth) - 1
@@ -456,7 +456,7 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = DEFAULT_OPSET, ex
 def input_feed(arch: DecoderArch, latents: Sequence[np.ndarray], noise: Optional[Sequence[np.ndarray]] = None
                ) -> Dict[str, np.ndarray]:
     """Feed of an exported file: ``latents`` finest first; noise regenerated from the seed when not given."""
-    from decoder_runtime.common_randomness import common_randomness_grids
-    from decoder_runtime.onnx_graph import input_feed as runtime_feed
+    from coolchic.decoder_runtime.common_randomness import common_randomness_grids
+    from coolchic.decoder_runtime.onnx_graph import input_feed as runtime_feed
 
     return runtime_feed(arch, latents, common_randomness_grids(arch) if noise is None else noise)

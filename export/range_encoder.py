@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from decoder_runtime.jit import njit
-from decoder_runtime.prob_tables import TOTAL_BITS
-from decoder_runtime.range_coder import MASK32, TOP
+from coolchic.decoder_runtime.jit import njit
+from coolchic.decoder_runtime.prob_tables import TOTAL_BITS
+from coolchic.decoder_runtime.range_coder import MASK32, TOP
 
 # state layout: [low, range, cache, cache_size, out_pos, skip_first, overflow]
 E_LOW, E_RANGE, E_CACHE, E_CSIZE, E_POS, E_SKIP, E_OVERFLOW = 0, 1, 2, 3, 4, 5, 6

@@ -81,8 +81,8 @@ def main() -> int:
     from hypothesis import seed as hyp_seed
     from hypothesis import strategies as st
 
-    import decoder_runtime
-    from decoder_runtime.errors import CoolChicError
+    from coolchic import decoder_runtime
+    from coolchic.decoder_runtime.errors import CoolChicError
 
     cap = int(args.rlimit_gb * (1 << 30))
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

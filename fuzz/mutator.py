@@ -27,9 +27,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from decoder_runtime.arch import DecoderArch, SynthesisLayer, modules_to_send, param_layout, parse_synthesis_layer
-from decoder_runtime.bitstream import MAGIC
-from decoder_runtime.expgolomb import module_kinds
+from coolchic.decoder_runtime.arch import DecoderArch, SynthesisLayer, modules_to_send, param_layout, parse_synthesis_layer
+from coolchic.decoder_runtime.bitstream import MAGIC
+from coolchic.decoder_runtime.expgolomb import module_kinds
 
 # ---- sections ----------------------------------------------------------------
 
@@ -640,7 +640,7 @@ def random_int_model(arch: DecoderArch, seed: int):
 
 def seed_bitstreams(n_substreams: int = 2) -> Dict[str, bytes]:
     """One well-formed bitstream per :func:`seed_archs` entry (written by the exporter)."""
-    from export.bitstream_writer import write_bitstream
+    from coolchic.export.bitstream_writer import write_bitstream
 
     out = {}
     for i, (name, arch) in enumerate(seed_archs().items()):

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder_runtime.arch import DecoderArch, modules_to_send, param_layout, parse_synthesis_layer
-from decoder_runtime.expgolomb import module_kinds
+from coolchic.decoder_runtime.arch import DecoderArch, modules_to_send, param_layout, parse_synthesis_layer
+from coolchic.decoder_runtime.expgolomb import module_kinds
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

@@ -9,13 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import decoder_runtime
-from decoder_runtime.arch import DecoderArch, SynthesisLayer, parse_synthesis_layer
-from decoder_runtime.bitstream import read_bitstream
-from decoder_runtime.errors import BitstreamError, ConfigError, CoolChicError, EncodeError
-from decoder_runtime.expgolomb import exp_golomb_nbits, read_network_params
-from decoder_runtime.latent_codec import decode_latents
-from export.bitstream_writer import encode_network_params, varint, write_bitstream
+from coolchic import decoder_runtime
+from coolchic.decoder_runtime.arch import DecoderArch, SynthesisLayer, parse_synthesis_layer
+from coolchic.decoder_runtime.bitstream import read_bitstream
+from coolchic.decoder_runtime.errors import BitstreamError, ConfigError, CoolChicError, EncodeError
+from coolchic.decoder_runtime.expgolomb import exp_golomb_nbits, read_network_params
+from coolchic.decoder_runtime.latent_codec import decode_latents
+from coolchic.export.bitstream_writer import encode_network_params, varint, write_bitstream
 
 from conftest import REPO, SHARED, make_arch, random_int_model
 
@@ -64,8 +64,8 @@ def test_param_section_size_matches_exp_golomb_count(small_arch):
     section = encode_network_params(small_arch, q, shifts, expgol)
     n_fields = 0
     expected = 0
-    from decoder_runtime.arch import modules_to_send, param_layout
-    from decoder_runtime.expgolomb import module_kinds
+    from coolchic.decoder_runtime.arch import modules_to_send, param_layout
+    from coolchic.decoder_runtime.expgolomb import module_kinds
     for m in modules_to_send(small_arch):
         for kind in module_kinds(small_arch, m):
             n_fields += 1
@@ -134,7 +134,7 @@ def test_impossible_architecture_in_a_valid_crc(written):
 
 
 def test_huge_parameter_count_is_refused_without_allocation():
-    from export.bitstream_writer import encode_header
+    from coolchic.export.bitstream_writer import encode_header
     arch = make_arch(size=(8, 8), layers="256-9-linear-relu,256-9-residual-relu,256-9-residual-relu,X-9-linear-none",
                      latent_resolution=(0, 0))
     body = encode_header(arch, 1) + varint(3) + b"\x00\x00\x00"
@@ -251,7 +251,7 @@ def test_structure_aware_fuzz_reaches_past_the_crc(seeds):
 
 
 def test_fuzz_through_the_cli_one_line_errors(seeds, tmp_path):
-    """A handful of mutants through ``python -m decoder_runtime``, run at once: a
+    """A handful of mutants through ``python -m coolchic.decoder_runtime``, run at once: a
     decode, or one line of error and exit status 1, never a traceback."""
     draw = RngDraw(77)
     cases = []
@@ -270,7 +270,7 @@ def test_fuzz_through_the_cli_one_line_errors(seeds, tmp_path):
     for j, (kind, data) in enumerate(cases):
         src, out = tmp_path / f"m{j}.cool", tmp_path / f"m{j}.png"
         src.write_bytes(data)
-        args = [sys.executable, "-m", "decoder_runtime", "-i", str(src), "-o", str(out),
+        args = [sys.executable, "-m", "coolchic.decoder_runtime", "-i", str(src), "-o", str(out),
                 "--max-memory", "1M" if kind == "ResourceLimitError" else "256M"]
         procs.append((kind, out, subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                   text=True)))

@@ -11,14 +11,14 @@ import zlib
 import numpy as np
 import pytest
 
-import decoder_runtime
-from decoder_runtime import budget
-from decoder_runtime.arch import DecoderArch, parse_synthesis_layer, param_layout
-from decoder_runtime.bitstream import HEADER_PEEK, max_bitstream_bytes, read_bitstream, read_header
-from decoder_runtime.budget import DEFAULT_MAX_MEMORY, estimate_memory, parse_size
-from decoder_runtime.errors import BitstreamError, ConfigError, InferenceError, ResourceLimitError
-from encoder.presets import DECODER_CONFIGS, decoder_config_to_param, load_decoder_config
-from export.bitstream_writer import encode_header, encode_network_params, varint, write_bitstream
+from coolchic import decoder_runtime
+from coolchic.decoder_runtime import budget
+from coolchic.decoder_runtime.arch import DecoderArch, parse_synthesis_layer, param_layout
+from coolchic.decoder_runtime.bitstream import HEADER_PEEK, max_bitstream_bytes, read_bitstream, read_header
+from coolchic.decoder_runtime.budget import DEFAULT_MAX_MEMORY, estimate_memory, parse_size
+from coolchic.decoder_runtime.errors import BitstreamError, ConfigError, InferenceError, ResourceLimitError
+from coolchic.encoder.presets import DECODER_CONFIGS, decoder_config_to_param, load_decoder_config
+from coolchic.export.bitstream_writer import encode_header, encode_network_params, varint, write_bitstream
 
 from conftest import REPO, make_arch, random_int_model
 
@@ -110,7 +110,7 @@ def test_tiny_limit_refuses_a_real_file_before_decoding(small_stream, tmp_path, 
     arch, data = small_stream
     path = tmp_path / "s.cool"
     path.write_bytes(data)
-    monkeypatch.setattr("decoder_runtime.expgolomb.read_network_params",
+    monkeypatch.setattr("coolchic.decoder_runtime.expgolomb.read_network_params",
                         lambda *a: pytest.fail("the parameter section was read"))
     est = estimate_memory(arch, len(data))
     for source in (path, data):
@@ -207,7 +207,7 @@ def test_large_file_with_a_bad_header_is_refused_unread(small_stream, tmp_path):
 
 # ---- onnxruntime failures ---------------------------------------------------------
 def test_onnxruntime_session_failure_is_an_inference_error():
-    from decoder_runtime.ort_session import make_session
+    from coolchic.decoder_runtime.ort_session import make_session
 
     with pytest.raises(InferenceError, match="onnxruntime could not build the decoder graph: .*"):
         make_session(b"\x08\x07 not a model")
@@ -216,7 +216,7 @@ def test_onnxruntime_session_failure_is_an_inference_error():
 def test_onnxruntime_run_failure_is_an_inference_error(small_stream, monkeypatch):
     """A real onnxruntime failure inside ``sess.run`` (inputs of the wrong type) reaches the caller as
     an InferenceError with one line of explanation."""
-    from decoder_runtime import onnx_graph
+    from coolchic.decoder_runtime import onnx_graph
 
     real = onnx_graph.input_feed
     monkeypatch.setattr(onnx_graph, "input_feed",
@@ -232,7 +232,7 @@ def test_onnxruntime_run_failure_is_an_inference_error(small_stream, monkeypatch
 def test_cli_max_memory(small_stream, tmp_path):
     _, data = small_stream
     (tmp_path / "s.cool").write_bytes(data)
-    base = [sys.executable, "-m", "decoder_runtime", "-i", str(tmp_path / "s.cool"), "-o", str(tmp_path / "o.png")]
+    base = [sys.executable, "-m", "coolchic.decoder_runtime", "-i", str(tmp_path / "s.cool"), "-o", str(tmp_path / "o.png")]
     r = subprocess.run(base + ["--max-memory", "100K"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.startswith("coolchic-decode: error: decoding this 24x40 bitstream needs about ")
@@ -248,7 +248,7 @@ def test_out_of_memory_within_the_limit_is_a_resource_limit_error(small_stream, 
     def exhausted(bs, threads=1):
         return np.empty((1 << 62,), np.uint8)  # more than any machine: numpy raises MemoryError
 
-    monkeypatch.setattr("decoder_runtime.latent_codec.decode_latents", exhausted)
+    monkeypatch.setattr("coolchic.decoder_runtime.latent_codec.decode_latents", exhausted)
     _, data = small_stream
     with pytest.raises(ResourceLimitError, match=r"ran out of memory while decoding this 24x40 bitstream "
                                                  r"\(max_memory: 4.0 GiB\); set max_memory \(--max-memory\)"):

@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-import decoder_runtime
-from decoder_runtime import api, cli
-from decoder_runtime.arch import synthesis_latents
-from decoder_runtime.bitstream import read_bitstream
-from decoder_runtime.errors import BitstreamError, ProviderError
-from decoder_runtime.image_io import read_image
-from decoder_runtime.reference_numpy import reference_forward, to_code_values
-from export.bitstream_writer import write_bitstream
+from coolchic import decoder_runtime
+from coolchic.decoder_runtime import api, cli
+from coolchic.decoder_runtime.arch import synthesis_latents
+from coolchic.decoder_runtime.bitstream import read_bitstream
+from coolchic.decoder_runtime.errors import BitstreamError, ProviderError
+from coolchic.decoder_runtime.image_io import read_image
+from coolchic.decoder_runtime.reference_numpy import reference_forward, to_code_values
+from coolchic.export.bitstream_writer import write_bitstream
 
 from conftest import REPO, make_arch, random_int_model
 from test_onnx_graph import random_params
@@ -121,7 +121,7 @@ def test_cli_usage_errors(capsys):
 
 def test_cli_process_no_traceback(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "decoder_runtime", "-i", str(tmp_path / "nope.cool"), "-o", str(tmp_path / "o.png")],
+        [sys.executable, "-m", "coolchic.decoder_runtime", "-i", str(tmp_path / "nope.cool"), "-o", str(tmp_path / "o.png")],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 1
@@ -130,7 +130,7 @@ def test_cli_process_no_traceback(tmp_path):
 
 
 def test_cli_help_reads_well():
-    r = subprocess.run([sys.executable, "-m", "decoder_runtime", "--help"], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "coolchic.decoder_runtime", "--help"], cwd=REPO, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0
     for word in ("usage: coolchic-decode", "--provider {cpu,cuda}", "--threads N", "--verbose", ".yuv", "atomically"):
@@ -150,9 +150,9 @@ def test_api_orders_latent_grids_finest_first(monkeypatch):
             return {"sentinel": np.zeros(1, np.float32)}
 
     coded = arch.coded_grids()
-    monkeypatch.setattr("decoder_runtime.bitstream.read_bitstream", lambda data, **limits: FakeBitstream())
+    monkeypatch.setattr("coolchic.decoder_runtime.bitstream.read_bitstream", lambda data, **limits: FakeBitstream())
     monkeypatch.setattr(
-        "decoder_runtime.latent_codec.decode_latents",
+        "coolchic.decoder_runtime.latent_codec.decode_latents",
         lambda bs, threads=1: [np.full((g.h, g.w), 100 * g.hyper + g.latent_index, np.int32) for g in coded],
     )
 
@@ -161,7 +161,7 @@ def test_api_orders_latent_grids_finest_first(monkeypatch):
         seen["threads"] = threads
         return "image"
 
-    monkeypatch.setattr("decoder_runtime.reconstruct.reconstruct", fake_reconstruct)
+    monkeypatch.setattr("coolchic.decoder_runtime.reconstruct.reconstruct", fake_reconstruct)
     dec = api.decode(b"whatever", threads=3)
     assert dec.image == "image"
     assert seen == {"values": [0, 1, 2], "threads": 3}
@@ -172,7 +172,7 @@ def test_provider_checked_before_decoding(monkeypatch):
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has CUDA")
-    monkeypatch.setattr("decoder_runtime.bitstream.read_bitstream", lambda data, **limits: pytest.fail("decoded anyway"))
+    monkeypatch.setattr("coolchic.decoder_runtime.bitstream.read_bitstream", lambda data, **limits: pytest.fail("decoded anyway"))
     with pytest.raises(ProviderError, match="not available"):
         decoder_runtime.decode(b"x", provider="cuda")
 

@@ -16,10 +16,10 @@ import threading
 import numpy as np
 import pytest
 
-from decoder_runtime import atomic_file, decode, jit
-from decoder_runtime.bitstream import read_bitstream
-from decoder_runtime.latent_codec import decode_latents
-from export.bitstream_writer import write_bitstream
+from coolchic.decoder_runtime import atomic_file, decode, jit
+from coolchic.decoder_runtime.bitstream import read_bitstream
+from coolchic.decoder_runtime.latent_codec import decode_latents
+from coolchic.export.bitstream_writer import write_bitstream
 
 from conftest import REPO, make_arch, random_int_model
 
@@ -44,9 +44,9 @@ CHILD = textwrap.dedent(
     import numpy as np
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        import decoder_runtime
-        from decoder_runtime import latent_codec, range_coder
-        from decoder_runtime.bitstream import read_bitstream
+        from coolchic import decoder_runtime
+        from coolchic.decoder_runtime import latent_codec, range_coder
+        from coolchic.decoder_runtime.bitstream import read_bitstream
         result = {"file": decoder_runtime.__file__}
         try:
             if sys.argv[1] == "image":
@@ -74,8 +74,12 @@ CHILD = textwrap.dedent(
 
 
 def _copy_package(tmp_path):
+    """``site/coolchic/decoder_runtime``, laid out as an install; the child's
+    current directory comes first on its path, before the editable checkout."""
     site = tmp_path / "site"
-    shutil.copytree(REPO / "decoder_runtime", site / "decoder_runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "decoder_runtime", site / "coolchic" / "decoder_runtime",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "coolchic" / "__init__.py", site / "coolchic" / "__init__.py")
     return site
 
 
@@ -87,7 +91,7 @@ def _run_child(site, mode, env_updates):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["file"] == str(site / "decoder_runtime" / "__init__.py")  # the copy, not the checkout
+    assert out["file"] == str(site / "coolchic" / "decoder_runtime" / "__init__.py")  # the copy, not the checkout
     return out
 
 
@@ -126,12 +130,12 @@ def read_only_install(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     _make_read_only([site, home])
-    if os.access(site / "decoder_runtime", os.W_OK):
+    if os.access(site / "coolchic" / "decoder_runtime", os.W_OK):
         _make_writable([site, home])
-        (site / "decoder_runtime" / "__pycache__").write_bytes(b"")
+        (site / "coolchic" / "decoder_runtime" / "__pycache__").write_bytes(b"")
         (tmp_path / "not_a_dir").write_bytes(b"")
         home = tmp_path / "not_a_dir" / "home"
-    for blocked in (site / "decoder_runtime" / "__pycache__", home / ".cache"):
+    for blocked in (site / "coolchic" / "decoder_runtime" / "__pycache__", home / ".cache"):
         with pytest.raises(OSError):
             os.makedirs(blocked / "numba")
     yield site, home, tmp
@@ -178,11 +182,11 @@ def test_a_change_in_range_coder_recompiles_the_latent_decoder(tmp_path):
     env = {"HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
     first = _run_child(site, "latents", env)
     assert first.get("sha") == GOLDEN_LATENTS_SHA256 and first["misses"] >= 1, first
-    assert first["cache_path"] == str(site / "decoder_runtime" / "__pycache__")
+    assert first["cache_path"] == str(site / "coolchic" / "decoder_runtime" / "__pycache__")
     warm = _run_child(site, "latents", env)
     assert warm.get("sha") == GOLDEN_LATENTS_SHA256 and warm["hits"] >= 1 and warm["misses"] == 0, warm
     # Allow no over-read at all: every substream now "ends before its last symbol".
-    rc = site / "decoder_runtime" / "range_coder.py"
+    rc = site / "coolchic" / "decoder_runtime" / "range_coder.py"
     src = rc.read_text()
     assert src.count("\nMAX_OVERREAD = 8\n") == 1
     rc.write_text(src.replace("\nMAX_OVERREAD = 8\n", "\nMAX_OVERREAD = -(1 << 40)\n"))
@@ -194,7 +198,7 @@ def test_a_change_in_range_coder_recompiles_the_latent_decoder(tmp_path):
 def test_cache_key_covers_every_kernel_module(tmp_path):
     """The stamp hashes every source of the package: a constant changed in any kernel module changes it."""
     site = _copy_package(tmp_path)
-    pkg = site / "decoder_runtime"
+    pkg = site / "coolchic" / "decoder_runtime"
     stamp = jit.sources_stamp.__wrapped__  # uncached: the files change under it here
     seen = {stamp((str(pkg),))}
     for name, old, new in [("range_coder.py", "\nMAX_OVERREAD = 8\n", "\nMAX_OVERREAD = 9\n"),
@@ -264,7 +268,7 @@ def test_concurrent_parallel_decodes_under_the_workqueue_layer(four_stripes, tmp
         """
         import sys, threading, numba
         import numpy as np
-        from decoder_runtime import decode
+        from coolchic.decoder_runtime import decode
         data = open(sys.argv[1], "rb").read()
         ref = decode(data, threads=1).image.planes
         bad = []

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from decoder_runtime import decode
-from decoder_runtime.image_io import read_image
-from encoder import cli
+from coolchic.decoder_runtime import decode
+from coolchic.decoder_runtime.image_io import read_image
+from coolchic.encoder import cli
 
 from conftest import REPO
 
@@ -35,7 +35,7 @@ def _run(args, capsys):
 
 
 def _record_malloc_tuning(monkeypatch):
-    from encoder import cpu
+    from coolchic.encoder import cpu
 
     calls = []
     monkeypatch.setattr(cpu, "_configured", False)
@@ -63,7 +63,7 @@ def test_library_encode_leaves_malloc_alone(tiny_png, monkeypatch):
     """encode_image is a library call: no process-wide malloc tuning (torch threads only, as asked)."""
     import torch
 
-    from encoder.api import encode_image
+    from coolchic.encoder.api import encode_image
 
     malloc_tuning = _record_malloc_tuning(monkeypatch)
     threads = torch.get_num_threads()
@@ -138,7 +138,7 @@ def test_interrupted_encode_leaves_no_output_and_resumes(tiny_png, tmp_path):
     """SIGINT in the middle of training: no output file; the workdir checkpoint resumes."""
     out = tmp_path / "x.cool"
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "encoder.cli", "-i", str(tiny_png), "-o", str(out), "--preset", "debug",
+    cmd = [sys.executable, "-m", "coolchic.encoder.cli", "-i", str(tiny_png), "-o", str(out), "--preset", "debug",
            "--dec-cfg", "vlop", "--n-itr", "100000", "--threads", "1", "--workdir", str(work), "-q"]
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

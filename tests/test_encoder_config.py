@@ -2,10 +2,10 @@
 
 import pytest
 
-from decoder_runtime.errors import ConfigError
-from encoder.complexity import total_mac_per_pixel
-from encoder.coolchic import CoolChicEncoder, CoolChicEncoderParameter
-from encoder.presets import (
+from coolchic.decoder_runtime.errors import ConfigError
+from coolchic.encoder.complexity import total_mac_per_pixel
+from coolchic.encoder.coolchic import CoolChicEncoder, CoolChicEncoderParameter
+from coolchic.encoder.presets import (
     DECODER_CONFIGS,
     ENCODER_PRESETS,
     decoder_config_to_param,

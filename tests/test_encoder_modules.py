@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from decoder_runtime.arch import arm_context_offsets, param_layout, stripe_bounds
-from decoder_runtime.common_randomness import common_randomness_grids
-from encoder.arm import laplace_rate, split_flat
-from encoder.coolchic import CoolChicEncoder, CoolChicEncoderParameter
-from encoder.complexity import module_macs, total_mac_per_pixel
-from encoder.upsampling import initial_tconv_kernel, separable_filter, up2
+from coolchic.decoder_runtime.arch import arm_context_offsets, param_layout, stripe_bounds
+from coolchic.decoder_runtime.common_randomness import common_randomness_grids
+from coolchic.encoder.arm import laplace_rate, split_flat
+from coolchic.encoder.coolchic import CoolChicEncoder, CoolChicEncoderParameter
+from coolchic.encoder.complexity import module_macs, total_mac_per_pixel
+from coolchic.encoder.upsampling import initial_tconv_kernel, separable_filter, up2
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from encoder import load_encoder_preset
-from encoder.optim import (
+from coolchic.encoder import load_encoder_preset
+from coolchic.encoder.optim import (
     GRAD_CLIP_NORM,
     LR_MIN,
     NETWORK_WEIGHT_DECAY,
@@ -15,7 +15,7 @@ from encoder.optim import (
     make_optimizer,
     warmup_noise_level,
 )
-from encoder.quantizer import encoder_gain_for_lambda
+from coolchic.encoder.quantizer import encoder_gain_for_lambda
 
 LR = 0.1
 B2 = 0.95

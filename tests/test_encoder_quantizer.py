@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from decoder_runtime.errors import ConfigError
-from encoder.coolchic import CoolChicEncoder, CoolChicEncoderParameter
-from encoder.quantizer import LATENT_LIMIT, kumaraswamy_noise, quantize, softround
+from coolchic.decoder_runtime.errors import ConfigError
+from coolchic.encoder.coolchic import CoolChicEncoder, CoolChicEncoderParameter
+from coolchic.encoder.quantizer import LATENT_LIMIT, kumaraswamy_noise, quantize, softround
 
 X = torch.tensor([-2.7, -1.5, -0.2, 0.0, 0.3, 0.5, 1.49, 3.9])
 

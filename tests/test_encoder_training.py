@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from decoder_runtime.arch import param_layout
-from decoder_runtime.errors import EncodeError
-from decoder_runtime.frame import RawImage
-from encoder import (
+from coolchic.decoder_runtime.arch import param_layout
+from coolchic.decoder_runtime.errors import EncodeError
+from coolchic.decoder_runtime.frame import RawImage
+from coolchic.encoder import (
     EncoderPreset,
     FrameEncoder,
     TrainerPhase,
@@ -25,8 +25,8 @@ from encoder import (
     quantize_model,
     train_phase,
 )
-from encoder.coolchic import CoolChicEncoderParameter
-from encoder.nn_rate import MAX_PARAM_INT, best_expgol_count, exp_golomb_nbits
+from coolchic.encoder.coolchic import CoolChicEncoderParameter
+from coolchic.encoder.nn_rate import MAX_PARAM_INT, best_expgol_count, exp_golomb_nbits
 
 torch.set_num_threads(1)
 

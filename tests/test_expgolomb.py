@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from decoder_runtime import expgolomb
-from decoder_runtime.arch import modules_to_send, param_layout
-from decoder_runtime.errors import BitstreamError
-from decoder_runtime.expgolomb import (
+from coolchic.decoder_runtime import expgolomb
+from coolchic.decoder_runtime.arch import modules_to_send, param_layout
+from coolchic.decoder_runtime.errors import BitstreamError
+from coolchic.decoder_runtime.expgolomb import (
     COUNT_BITS,
     MAX_ABS_VALUE,
     MAX_COUNT,
@@ -21,7 +21,7 @@ from decoder_runtime.expgolomb import (
     module_kinds,
     read_network_params,
 )
-from export.bitstream_writer import encode_network_params
+from coolchic.export.bitstream_writer import encode_network_params
 
 from conftest import make_arch
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from decoder_runtime.bitstream import read_bitstream
-from decoder_runtime.latent_codec import decode_latents
-from export.bitstream_writer import write_bitstream
+from coolchic.decoder_runtime.bitstream import read_bitstream
+from coolchic.decoder_runtime.latent_codec import decode_latents
+from coolchic.export.bitstream_writer import write_bitstream
 
 from conftest import make_arch, random_int_model
 

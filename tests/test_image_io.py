@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from decoder_runtime import atomic_file
-from decoder_runtime.errors import ImageIOError
-from decoder_runtime.frame import RawImage
-from decoder_runtime.image_io import parse_yuv_name, read_image, write_image, yuv_format
-from decoder_runtime.png16 import SIGNATURE, _unfilter
+from coolchic.decoder_runtime import atomic_file
+from coolchic.decoder_runtime.errors import ImageIOError
+from coolchic.decoder_runtime.frame import RawImage
+from coolchic.decoder_runtime.image_io import parse_yuv_name, read_image, write_image, yuv_format
+from coolchic.decoder_runtime.png16 import SIGNATURE, _unfilter
 
 from conftest import SHARED
 

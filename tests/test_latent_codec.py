@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from decoder_runtime.arch import arm_context_offsets, wavefront_slope
-from decoder_runtime.arm_int import align_bias, build_int_arm
-from decoder_runtime.latent_codec import MAX_LATENT, decode_latent_grids
-from export.latent_encoder import encode_latent_grids
+from coolchic.decoder_runtime.arch import arm_context_offsets, wavefront_slope
+from coolchic.decoder_runtime.arm_int import align_bias, build_int_arm
+from coolchic.decoder_runtime.latent_codec import MAX_LATENT, decode_latent_grids
+from coolchic.export.latent_encoder import encode_latent_grids
 
 from conftest import make_arch, random_int_model
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from decoder_runtime.expgolomb import exp_golomb_nbits
-from encoder import encode_frame, load_encoder_preset
-from encoder.nn_rate import NOMINAL_SHIFT, NetworkRateProxy
-from encoder.presets import decoder_config_to_param, load_decoder_config
+from coolchic.decoder_runtime.expgolomb import exp_golomb_nbits
+from coolchic.encoder import encode_frame, load_encoder_preset
+from coolchic.encoder.nn_rate import NOMINAL_SHIFT, NetworkRateProxy
+from coolchic.encoder.presets import decoder_config_to_param, load_decoder_config
 
 from test_encoder_training import image
 

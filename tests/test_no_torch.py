@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from export.bitstream_writer import write_bitstream
+from coolchic.export.bitstream_writer import write_bitstream
 
 from conftest import REPO, make_arch, random_int_model
 
@@ -14,11 +14,11 @@ CHILD = textwrap.dedent(
     """
     import importlib, pkgutil, sys
     sys.modules["torch"] = None  # any `import torch` now raises ImportError
-    import decoder_runtime
+    from coolchic import decoder_runtime
     for m in pkgutil.iter_modules(decoder_runtime.__path__):
         if m.name != "__main__":
-            importlib.import_module("decoder_runtime." + m.name)
-    from decoder_runtime import cli
+            importlib.import_module("coolchic.decoder_runtime." + m.name)
+    from coolchic.decoder_runtime import cli
     rc = cli.main(["-i", sys.argv[1], "-o", sys.argv[2]])
     leaked = sorted(k for k, v in sys.modules.items() if v is not None and k.split(".")[0] in ("torch", "encoder"))
     print("leaked:", leaked, "rc:", rc)

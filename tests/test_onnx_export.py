@@ -19,16 +19,16 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from decoder_runtime import decode  # noqa: E402
-from decoder_runtime.arch import modules_to_send, param_layout, synthesis_latents  # noqa: E402
-from decoder_runtime.bitstream import dequantize  # noqa: E402
-from decoder_runtime.common_randomness import common_randomness_grids  # noqa: E402
-from decoder_runtime.errors import ConfigError  # noqa: E402
-from decoder_runtime.expgolomb import module_kinds  # noqa: E402
-from decoder_runtime.frame import RawImage  # noqa: E402
-from decoder_runtime.onnx_graph import build_decoder_model, input_feed  # noqa: E402
-from decoder_runtime.ort_session import make_session  # noqa: E402
-from encoder import (  # noqa: E402
+from coolchic.decoder_runtime import decode  # noqa: E402
+from coolchic.decoder_runtime.arch import modules_to_send, param_layout, synthesis_latents  # noqa: E402
+from coolchic.decoder_runtime.bitstream import dequantize  # noqa: E402
+from coolchic.decoder_runtime.common_randomness import common_randomness_grids  # noqa: E402
+from coolchic.decoder_runtime.errors import ConfigError  # noqa: E402
+from coolchic.decoder_runtime.expgolomb import module_kinds  # noqa: E402
+from coolchic.decoder_runtime.frame import RawImage  # noqa: E402
+from coolchic.decoder_runtime.onnx_graph import build_decoder_model, input_feed  # noqa: E402
+from coolchic.decoder_runtime.ort_session import make_session  # noqa: E402
+from coolchic.encoder import (  # noqa: E402
     FrameEncoder,
     decoder_config_to_param,
     encode_frame,
@@ -36,10 +36,10 @@ from encoder import (  # noqa: E402
     load_decoder_config,
     load_encoder_preset,
 )
-from encoder.coolchic import CoolChicEncoderParameter  # noqa: E402
-from export.bitstream_writer import write_bitstream  # noqa: E402
-from export.onnx_export import DecoderGraph, export_onnx, export_onnx_bytes  # noqa: E402
-from export.onnx_export import input_feed as onnx_input_feed  # noqa: E402
+from coolchic.encoder.coolchic import CoolChicEncoderParameter  # noqa: E402
+from coolchic.export.bitstream_writer import write_bitstream  # noqa: E402
+from coolchic.export.onnx_export import DecoderGraph, export_onnx, export_onnx_bytes  # noqa: E402
+from coolchic.export.onnx_export import input_feed as onnx_input_feed  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 
@@ -236,7 +236,7 @@ def test_export_onnx_writes_a_self_describing_file(tmp_path):
     # Anyone can run it from the metadata alone: plain onnxruntime, no project code.
     import onnxruntime as ort
 
-    from decoder_runtime.common_randomness import noise_grid
+    from coolchic.decoder_runtime.common_randomness import noise_grid
 
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -254,7 +254,7 @@ def test_export_onnx_writes_a_self_describing_file(tmp_path):
 
 
 def test_failed_export_leaves_the_old_file(tmp_path, monkeypatch):
-    import export.onnx_export as ox
+    import coolchic.export.onnx_export as ox
 
     fe = quantized_frame_encoder((24, 40), layers_synthesis=VLOP, latent_resolution=(0, 1))
     target = tmp_path / "model.onnx"

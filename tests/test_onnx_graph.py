@@ -6,14 +6,14 @@ import numpy as np
 import onnx
 import pytest
 
-from decoder_runtime.arch import param_layout
-from decoder_runtime.common_randomness import common_randomness_grids
-from decoder_runtime.errors import ConfigError, ProviderError
-from decoder_runtime.onnx_graph import STRIPE_ROWS, build_decoder_model, input_feed
-from decoder_runtime.ort_session import cached_session, clear_session_cache, make_session, session_options
-from decoder_runtime.reconstruct import reconstruct, to_raw_image
-from decoder_runtime.reference_numpy import reference_forward, to_code_values, up2_1d
-from decoder_runtime.upsampling_kernels import (
+from coolchic.decoder_runtime.arch import param_layout
+from coolchic.decoder_runtime.common_randomness import common_randomness_grids
+from coolchic.decoder_runtime.errors import ConfigError, ProviderError
+from coolchic.decoder_runtime.onnx_graph import STRIPE_ROWS, build_decoder_model, input_feed
+from coolchic.decoder_runtime.ort_session import cached_session, clear_session_cache, make_session, session_options
+from coolchic.decoder_runtime.reconstruct import reconstruct, to_raw_image
+from coolchic.decoder_runtime.reference_numpy import reference_forward, to_code_values, up2_1d
+from coolchic.decoder_runtime.upsampling_kernels import (
     default_upsampling_kernels,
     preconcat_full,
     preconcat_half,
@@ -224,7 +224,7 @@ def test_session_cache_reuses_sessions():
 def test_proto_writer_agrees_with_onnx():
     from onnx import AttributeProto, helper, numpy_helper
 
-    from decoder_runtime import onnx_proto
+    from coolchic.decoder_runtime import onnx_proto
 
     n = onnx.NodeProto.FromString(
         onnx_proto.node("Pad", ["x", ""], ["y"], "pad", {"ints": [-1, 0, 2**40], "f": -0.75, "i": -3, "s": "edge"})

@@ -5,11 +5,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from decoder_runtime import range_coder as rd
+from coolchic.decoder_runtime import range_coder as rd
 import os
 
-from decoder_runtime import prob_tables
-from decoder_runtime.prob_tables import (
+from coolchic.decoder_runtime import prob_tables
+from coolchic.decoder_runtime.prob_tables import (
     N_FRAC,
     N_SCALE,
     TABLES_SHA256,
@@ -19,7 +19,7 @@ from decoder_runtime.prob_tables import (
     half_width,
     symbol_bits,
 )
-from export import range_encoder as re_
+from coolchic.export import range_encoder as re_
 
 
 def test_tables_are_valid_distributions():

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from decoder_runtime.arm_int import build_int_arm
-from decoder_runtime.latent_codec import context_arrays, grid_ifce
-from encoder import arm_float_outputs, encode_frame, export_state, float_rate_per_grid, load_encoder_preset
-from encoder.presets import decoder_config_to_param, load_decoder_config
-from export.bitstream_writer import write_bitstream
-from export.latent_encoder import _grid_arm
+from coolchic.decoder_runtime.arm_int import build_int_arm
+from coolchic.decoder_runtime.latent_codec import context_arrays, grid_ifce
+from coolchic.encoder import arm_float_outputs, encode_frame, export_state, float_rate_per_grid, load_encoder_preset
+from coolchic.encoder.presets import decoder_config_to_param, load_decoder_config
+from coolchic.export.bitstream_writer import write_bitstream
+from coolchic.export.latent_encoder import _grid_arm
 
 from test_encoder_training import image
 

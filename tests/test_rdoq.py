@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from encoder import encode_frame, load_encoder_preset
-from encoder.frame_encoder import as_frame_data
-from encoder.presets import decoder_config_to_param, load_decoder_config
-from encoder.rdoq import rdoq_model
-from encoder.train import evaluate
+from coolchic.encoder import encode_frame, load_encoder_preset
+from coolchic.encoder.frame_encoder import as_frame_data
+from coolchic.encoder.presets import decoder_config_to_param, load_decoder_config
+from coolchic.encoder.rdoq import rdoq_model
+from coolchic.encoder.train import evaluate
 
 from test_encoder_training import image
 
@@ -50,8 +50,8 @@ def test_rdoq_lowers_the_cost_and_measures_it_as_evaluate_does(quantized):
 
 
 def test_rdoq_needs_a_quantized_model():
-    from encoder import FrameEncoder
-    from encoder.presets import decoder_config_to_param as d2p
+    from coolchic.encoder import FrameEncoder
+    from coolchic.encoder.presets import decoder_config_to_param as d2p
 
     fe = FrameEncoder(d2p(load_decoder_config("lop"), None, (16, 16)), "I", "rgb", 8)
     with pytest.raises(ValueError, match="quantize_model"):

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from decoder_runtime.reference_numpy import conv2d_replicate, resize, up2_1d
-from decoder_runtime.upsampling_kernels import default_upsampling_kernels
+from coolchic.decoder_runtime.reference_numpy import conv2d_replicate, resize, up2_1d
+from coolchic.decoder_runtime.upsampling_kernels import default_upsampling_kernels
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -1,0 +1,63 @@
+"""The installed package: one `coolchic` namespace, a cheap import, no generic top-level names."""
+
+import subprocess
+import sys
+import textwrap
+import zipfile
+from importlib import metadata
+
+import pytest
+
+import coolchic
+
+from conftest import REPO
+
+GOLDEN = REPO / "tests" / "data" / "golden_v1.cool"
+
+
+def test_version_comes_from_the_installed_metadata():
+    assert coolchic.__version__ == metadata.version("coolchic")
+
+
+def test_import_coolchic_loads_nothing_heavy():
+    code = ("import sys, coolchic; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numba', 'onnxruntime', 'onnx'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.strip() == "[]"
+
+
+def test_an_app_with_its_own_export_and_cfg_still_works(tmp_path):
+    """An application's ``export.py`` and ``cfg/`` next to it are the ones it imports,
+    and coolchic keeps working beside them."""
+    (tmp_path / "export.py").write_text("WHO = 'app'\n")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "__init__.py").write_text("WHO = 'app'\n")
+    (tmp_path / "encoder.py").write_text("WHO = 'app'\n")
+    code = textwrap.dedent(f"""
+        import export, cfg, encoder
+        import coolchic
+        from coolchic.export.bitstream_writer import varint
+        from coolchic.decoder_runtime.arch import DecoderArch
+        dec = coolchic.decode({str(GOLDEN)!r})
+        assert (export.WHO, cfg.WHO, encoder.WHO) == ('app', 'app', 'app')
+        assert varint(300) == bytes([0xAC, 0x02])
+        print(dec.image.width, dec.image.height)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["36", "20"]  # golden_v1.cool is 20 rows by 36 columns
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_the_coolchic_namespace(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
+    (whl,) = tmp_path.glob("coolchic-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"coolchic", f"coolchic-{coolchic.__version__}.dist-info"}, tops
+    for must in ("coolchic/decoder_runtime/range_coder.py", "coolchic/encoder/cli.py",
+                 "coolchic/export/bitstream_writer.py", "coolchic/cfg/dec/mop.cfg"):
+        assert must in names, must
+    entry = zipfile.ZipFile(whl).read(f"coolchic-{coolchic.__version__}.dist-info/entry_points.txt").decode()
+    assert "coolchic-decode = coolchic.decoder_runtime.cli:main" in entry
