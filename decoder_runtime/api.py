@@ -105,6 +105,7 @@ def decode(
     timings: bool = False,
     max_pixels: Optional[int] = None,
     max_memory: Union[int, str, None] = DEFAULT_MAX_MEMORY,
+    tile_rows: Optional[int] = None,
 ) -> DecodedImage:
     """Decode a coolchic bitstream given as a path or as bytes.
 
@@ -119,6 +120,9 @@ def decode(
     (default 4 GiB, enough for any shipped configuration at 16.7 Mpixel;
     None: no limit). Above it, :class:`ResourceLimitError` (a
     :class:`BitstreamError`) names the figures.
+    ``tile_rows``: run upsampling and synthesis on bands of that many rows
+    (:mod:`decoder_runtime.tiling`); None (default): bands only for a frame
+    whose whole graph would need more than 192 MiB; 0: never.
     """
     t: Dict[str, float] = {}
     start = time.perf_counter()
@@ -148,7 +152,8 @@ def decode(
         grids = decode_latents(bs, threads=threads)
         t2 = time.perf_counter()
         latents = synthesis_latents(bs.arch, grids)
-        image = reconstruct(bs.arch, bs.float_params(), latents, provider=provider, threads=threads, timings=t)
+        image = reconstruct(bs.arch, bs.float_params(), latents, provider=provider, threads=threads, timings=t,
+                            tile_rows=tile_rows)
     except MemoryError:
         # Within max_memory but beyond what this machine has: still the caller's error type.
         h, w = bs.arch.img_size

@@ -26,6 +26,7 @@ MAX_IFCE_FEATURES = 16
 MAX_LATENT_LEVEL = 12  # 2^12 downsampling at most
 MAX_IMAGE_SIDE = 1 << 15
 MAX_IMAGE_PIXELS = 1 << 26  # 64 Mpixel: far above any image we overfit, far below a DoS
+DEFAULT_MAX_PIXELS = 1 << 24  # 16.7 Mpixel: a decoder's default limit; decode(max_pixels=...) raises it
 MAX_SYNTH_LAYERS = 16
 MAX_SYNTH_CHANNELS = 256
 MAX_SYNTH_KERNEL = 9

@@ -24,6 +24,7 @@ import numpy as np
 
 from .arch import (
     ARM_CONTEXT_STEP,
+    DEFAULT_MAX_PIXELS,
     FINAL_UPSAMPLING_TYPES,
     FRAME_DATA_TYPES,
     MAX_ARM_CONTEXT,
@@ -44,7 +45,6 @@ from .expgolomb import read_network_params
 MAGIC = b"Cc"
 FORMAT_VERSION = 1
 MAX_SUBSTREAMS = 64
-DEFAULT_MAX_PIXELS = 1 << 24  # 16.7 Mpixel; decode(max_pixels=...) raises it
 FRAME_TYPES = ("I",)
 _REFERENCE_HINT = (
     " (it may be a bitstream of the reference Cool-chic, a format this decoder does not read)"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 from .arch import DecoderArch, param_layout
@@ -209,8 +209,25 @@ def _walk_graph(arch: DecoderArch, stripe_rows: int):
     return peak, widest
 
 
+def graph_bytes(arch: DecoderArch, stripe_rows: Optional[int] = None) -> int:
+    """Upper bound of what onnxruntime holds running the whole frame's graph (arena slack included)."""
+    if stripe_rows is None:
+        from .onnx_graph import STRIPE_ROWS
+
+        stripe_rows = STRIPE_ROWS
+    graph_el, _ = _walk_graph(arch, stripe_rows)
+    return int(GRAPH_SLACK * F32 * graph_el)
+
+
 def estimate_memory(arch: DecoderArch, n_bytes: int = 0, stripe_rows: Optional[int] = None) -> MemoryEstimate:
-    """Upper bound of the bytes a decode of ``arch`` from a file of ``n_bytes`` holds at its peak."""
+    """Upper bound of the bytes a decode of ``arch`` from a file of ``n_bytes`` holds at its peak.
+
+    A frame large enough to be computed in tiles of rows (``tiling.py``) is
+    counted as such: the graph, its inputs and its float output are a tile's,
+    the integer output planes the whole frame's.
+    """
+    from .tiling import TILE_GRAPH_BUDGET, synthesis_halo, tile_rows_for
+
     if stripe_rows is None:
         from .onnx_graph import STRIPE_ROWS
 
@@ -231,15 +248,26 @@ def estimate_memory(arch: DecoderArch, n_bytes: int = 0, stripe_rows: Optional[i
     lat_stage = decoded + max(8 * (g.h + n_sub_rows) * (g.w + 8) for g in grids) + 2 * max(
         8 * arch.ifce_features * g.h * g.w for g in grids
     )
-    graph_el, widest = _walk_graph(arch, stripe_rows)
+    _, widest = _walk_graph(arch, stripe_rows)
+    tile_rows = tile_rows_for(arch, TILE_GRAPH_BUDGET)
+    # What the graph runs on: the whole frame, or a tile with its halo (the
+    # coarse grids' rows reach a little further: 2 strides of the coarsest).
+    run = arch
+    planes = 0
+    if tile_rows:
+        halo = 2 * synthesis_halo(arch) + 2 * (1 << max(arch.latent_levels))
+        run = replace(arch, img_size=(min(h, tile_rows + halo), w))
+        # The integer planes, filled tile by tile.
+        planes = (1 if arch.bitdepth <= 8 else 2) * pix * arch.n_out
+    run_pix = run.img_size[0] * run.img_size[1]
     # The float32 inputs (latents and noise), held by the caller through the run.
-    feed = F32 * sum(a * b for a, b in arch.latent_grid_sizes()) * (2 if arch.flag_common_randomness else 1)
+    feed = F32 * sum(a * b for a, b in run.latent_grid_sizes()) * (2 if arch.flag_common_randomness else 1)
     # Common randomness: the generator's uint64 counters and temporaries on the largest grid.
-    noise = 40 * pix if arch.flag_common_randomness else 0
-    out = F32 * arch.n_out * pix
+    noise = 40 * run_pix if arch.flag_common_randomness else 0
+    out = F32 * arch.n_out * run_pix
     # After the run: the output, its clipped float32 copy and the integer planes.
-    post = 2 * out + 2 * arch.n_out * pix
-    graph_stage = decoded + feed + max(noise, int(GRAPH_SLACK * F32 * graph_el), out + post)
+    post = 2 * out + 2 * arch.n_out * run_pix
+    graph_stage = decoded + planes + feed + max(noise, graph_bytes(run, stripe_rows), out + post)
     total = FIXED_BYTES + stream + params + max(lat_stage, graph_stage)
     return MemoryEstimate(total, stream, params, lat_stage, graph_stage, n_params, n_latents, widest, pix)
 

@@ -7,8 +7,10 @@ import os
 import sys
 from typing import List, Optional
 
+from .arch import DEFAULT_MAX_PIXELS
 from .budget import DEFAULT_MAX_MEMORY, parse_size
 from .errors import ConfigError, CoolChicError, ImageIOError
+from .image_io import PNG_COMPRESS_LEVEL
 
 PROG = "coolchic-decode"
 
@@ -57,6 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
         "in bytes or with K, M, G (powers of 1024), e.g. 512M, 8G (default: 4G, enough for any shipped "
         "decoder configuration at the 16.7 Mpixel limit)",
     )
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images of more than N pixels (default: {DEFAULT_MAX_PIXELS}, 16.7 Mpixel; an 8K frame "
+        "is 33.2 Mpixel)",
+    )
+    p.add_argument(
+        "--tile-rows",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="run upsampling and synthesis on bands of N rows, 0 for the whole frame at once (default: bands "
+        "only for frames large enough to need them)",
+    )
+    p.add_argument(
+        "--png-compress-level",
+        type=int,
+        choices=range(10),
+        default=PNG_COMPRESS_LEVEL,
+        metavar="L",
+        help=f"zlib level of a PNG output, 0 (fastest) to 9 (smallest) (default: {PNG_COMPRESS_LEVEL})",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print the frame, its rate and per-stage timings")
     return p
 
@@ -69,6 +95,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
     return v
 
 
@@ -124,9 +160,9 @@ def _run(argv: Optional[List[str]]) -> int:
         if not os.path.isdir(out_dir):
             raise ImageIOError(f"{args.output}: directory {out_dir} does not exist")
         dec = decode(args.input, provider=args.provider, threads=args.threads, timings=True,
-                     max_memory=args.max_memory)
+                     max_memory=args.max_memory, max_pixels=args.max_pixels, tile_rows=args.tile_rows)
         t0 = time.perf_counter()
-        write_image(dec.image, args.output)
+        write_image(dec.image, args.output, args.png_compress_level)
         write_s = time.perf_counter() - t0
         if args.verbose:
             _report(args.input, args.output, dec, os.path.getsize(args.input), write_s)

@@ -34,11 +34,16 @@ def noise_grid(seed: int, grid_index: int, h: int, w: int) -> np.ndarray:
     Sample ``n`` (raster order) of grid ``g`` is ``top24 / 2^24 - 0.5`` where
     ``top24`` is the high 24 bits of ``splitmix64((seed << 32) + (g << 27) + n)``.
     """
+    return noise_rows(seed, grid_index, w, 0, h)
+
+
+def noise_rows(seed: int, grid_index: int, w: int, r0: int, r1: int) -> np.ndarray:
+    """Rows ``[r0, r1)`` of :func:`noise_grid` for a grid ``w`` wide, without the others."""
     base = (np.uint64(seed) << np.uint64(32)) + (np.uint64(grid_index) << np.uint64(27))
-    counters = base + np.arange(h * w, dtype=np.uint64)
+    counters = base + np.arange(r0 * w, r1 * w, dtype=np.uint64)
     top24 = (_splitmix64(counters) >> np.uint64(40)).astype(np.int64)
     # int -> float32 is exact below 2^24, and so is the scaling by a power of two.
-    return ((top24 - (1 << 23)).astype(np.float32) * np.float32(2.0**-24)).reshape(h, w)
+    return ((top24 - (1 << 23)).astype(np.float32) * np.float32(2.0**-24)).reshape(r1 - r0, w)
 
 
 def common_randomness_grids(arch: DecoderArch) -> List[np.ndarray]:

@@ -93,8 +93,12 @@ def _depthwise(kernel_1d: np.ndarray, channels: int, vertical: bool) -> np.ndarr
     return np.repeat(w, channels, axis=0)
 
 
-def _upsample_step(g: _GraphBuilder, x: str, channels: int, t: np.ndarray, dst_hw) -> str:
-    """crop(up2(x, t)) for a [B, channels, h, w] tensor, one kernel for all channels."""
+def _upsample_step(g: _GraphBuilder, x: str, channels: int, t: np.ndarray, dst_hw, row_shift: int = 0) -> str:
+    """crop(up2(x, t)) for a [B, channels, h, w] tensor, one kernel for all channels.
+
+    ``row_shift``: rows to skip beyond the frame's crop, for a tile
+    (``decoder_runtime.tiling``).
+    """
     # Measured against a polyphase Conv + DepthToSpace form: no faster on CPU,
     # so the graph keeps the literal transposed convolution of the spec.
     k = len(t)
@@ -107,7 +111,7 @@ def _upsample_step(g: _GraphBuilder, x: str, channels: int, t: np.ndarray, dst_h
     ww = g.const("tconv_w", _depthwise(t, channels, False))
     x = g.op("ConvTranspose", [x, ww], "tconv_w", strides=[1, 2], group=channels)
     c = k // 2 - 1 + 2 * pad
-    return g.slice_hw(x, c, dst_hw[0], c, dst_hw[1])
+    return g.slice_hw(x, c + row_shift, dst_hw[0], c, dst_hw[1])
 
 
 def _preconcat(g: _GraphBuilder, x: str, p: np.ndarray) -> str:
@@ -166,14 +170,13 @@ def _layer(g: _GraphBuilder, weights: Dict[int, tuple], params, i: int, layer, x
     return y
 
 
-def _synthesis(g: _GraphBuilder, arch: DecoderArch, params: Mapping[str, np.ndarray], x: str) -> str:
+def _synthesis(g: _GraphBuilder, arch: DecoderArch, params: Mapping[str, np.ndarray], x: str, height: int) -> str:
     inp = x
     weights: Dict[int, tuple] = {}
     layers = list(enumerate(arch.layers_synthesis))
     n_pointwise = 0
     while n_pointwise < len(layers) and layers[n_pointwise][1].kernel_size == 1:
         n_pointwise += 1
-    height = arch.img_size[0]
     if STRIPE_ROWS and n_pointwise and height > STRIPE_ROWS:
         # The leading 1x1 layers are the widest (e.g. 32 channels) and need no
         # neighbours: run them stripe by stripe, so that their activations stay
@@ -197,12 +200,24 @@ def _synthesis(g: _GraphBuilder, arch: DecoderArch, params: Mapping[str, np.ndar
     return x
 
 
-def build_decoder_model_bytes(arch: DecoderArch, params: Mapping[str, np.ndarray]) -> bytes:
-    """The serialised ModelProto of :func:`build_decoder_model`, built without ``onnx``."""
+def build_decoder_model_bytes(arch: DecoderArch, params: Mapping[str, np.ndarray], window=None) -> bytes:
+    """The serialised ModelProto of :func:`build_decoder_model`, built without ``onnx``.
+
+    ``window``: a :class:`decoder_runtime.tiling.RowWindow`, for the graph of
+    one tile of rows (inputs: the window's latent rows; output: its
+    ``out_rows``); None for the whole frame.
+    """
+    from .tiling import whole_window
+
     check_params(arch, params)
     g = _GraphBuilder()
-    sizes = arch.latent_grid_sizes()
-    n = len(sizes)
+    full = arch.latent_grid_sizes()
+    n = len(full)
+    win = whole_window(arch) if window is None else window
+    if len(win.latent_rows) != n:
+        raise ConfigError(f"a window of {len(win.latent_rows)} grids for {n} latent grids")
+    sizes = [(b - a, w) for (a, b), (_, w) in zip(win.latent_rows, full)]
+    dense = [(b - a, w) for (a, b), (_, w) in zip(win.dense_rows, full)]
     cr = arch.flag_common_randomness
     lat_names = latent_input_names(n)
     inputs = [onnx_proto.value_info(nm, [1, 1, *sz]) for nm, sz in zip(lat_names, sizes)]
@@ -218,20 +233,33 @@ def build_decoder_model_bytes(arch: DecoderArch, params: Mapping[str, np.ndarray
     x = grids[-1]
     for lv in range(n - 2, -1, -1):
         t, p = kernels[lv]
-        x = _upsample_step(g, x, n - 1 - lv, t, sizes[lv])
-        x = g.op("Concat", [_preconcat(g, grids[lv], p), x], f"dense_{lv}", axis=1)
+        # Row offsets of a tile (all zero for the whole frame): tiling.py.
+        s, e = win.dense_rows[lv]
+        x = _upsample_step(g, x, n - 1 - lv, t, dense[lv], s - 2 * win.dense_rows[lv + 1][0])
+        pre = _preconcat(g, grids[lv], p)
+        if (s, e) != win.latent_rows[lv]:
+            pre = g.slice_hw(pre, s - win.latent_rows[lv][0], e - s, 0, dense[lv][1])
+        x = g.op("Concat", [pre, x], f"dense_{lv}", axis=1)
     if cr:
         # [2, N, h, w] -> [1, 2N, h, w]: latent channels first, then the noise.
-        shape = g.const("shape", [1, 2 * n, *sizes[0]], np.int64)
+        shape = g.const("shape", [1, 2 * n, *dense[0]], np.int64)
         x = g.op("Reshape", [x, shape], "dense")
+    out_hw = arch.img_size
     if arch.latent_resolution[0] > 0:
+        if window is not None:
+            raise ConfigError("a frame with a final resize is not split into tiles")
         x = _final_resize(g, x, arch.synthesis_in_channels, sizes[0], arch.img_size, arch.final_upsampling_type)
-
-    x = _synthesis(g, arch, params, x)
+        x = _synthesis(g, arch, params, x, arch.img_size[0])
+    else:
+        x = _synthesis(g, arch, params, x, dense[0][0])
+        y0, y1 = win.out_rows
+        out_hw = (y1 - y0, arch.img_size[1])
+        if (y0, y1) != win.dense_rows[0]:
+            x = g.slice_hw(x, y0 - win.dense_rows[0][0], y1 - y0, 0, out_hw[1])
     lo = g.const("zero", np.float32(0.0))
     hi = g.const("one", np.float32(1.0))
     g.nodes.append(onnx_proto.node("Clip", [x, lo, hi], ["image"], "image", {}))
-    out = onnx_proto.value_info("image", [1, arch.n_out, *arch.img_size])
+    out = onnx_proto.value_info("image", [1, arch.n_out, *out_hw])
     return onnx_proto.model(g.nodes, g.inits, inputs, [out], "coolchic_decoder", OPSET, IR_VERSION, PRODUCER)
 
 

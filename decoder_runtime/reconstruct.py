@@ -5,7 +5,7 @@ integer code values in the frame's format (docs/architecture.md section 5).
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -15,10 +15,9 @@ from .errors import InferenceError
 from .frame import RawImage
 
 
-def to_raw_image(x: np.ndarray, frame_data_type: str, bitdepth: int) -> RawImage:
-    """``(n_out, H, W)`` synthesis output in [0, 1] -> integer planes of a RawImage."""
+def write_code_values(x: np.ndarray, bitdepth: int, out: Sequence[np.ndarray]) -> None:
+    """Float planes in [0, 1] (any float32 values) to integer code values, written into ``out``."""
     m = (1 << bitdepth) - 1
-    dtype = np.uint8 if bitdepth <= 8 else np.uint16
     # In place on float32: this runs on the full frame of every decode.
     # fmax/fmin rather than clip: a NaN (weights of a hostile file can
     # overflow float32) becomes 0, not an undefined integer and a warning.
@@ -26,9 +25,20 @@ def to_raw_image(x: np.ndarray, frame_data_type: str, bitdepth: int) -> RawImage
     np.fmin(y, np.float32(1.0), out=y)
     y *= np.float32(m)
     np.rint(y, out=y)
-    planes: List[np.ndarray] = [p.astype(dtype) for p in y]
-    if frame_data_type == "yuv420":
-        planes = [planes[0]] + [np.ascontiguousarray(p[::2, ::2]) for p in planes[1:]]
+    for dst, p in zip(out, y):
+        if dst.shape == p.shape:
+            dst[...] = p
+        else:  # yuv420 chroma: every other sample of the full-resolution plane
+            dst[...] = p[::2, ::2]
+
+
+def to_raw_image(x: np.ndarray, frame_data_type: str, bitdepth: int) -> RawImage:
+    """``(n_out, H, W)`` synthesis output in [0, 1] -> integer planes of a RawImage."""
+    n, h, w = x.shape
+    dtype = np.uint8 if bitdepth <= 8 else np.uint16
+    chroma = (h // 2, w // 2) if frame_data_type == "yuv420" else (h, w)
+    planes = [np.empty((h, w), dtype)] + [np.empty(chroma, dtype) for _ in range(n - 1)]
+    write_code_values(x, bitdepth, planes)
     return RawImage(tuple(planes), frame_data_type, bitdepth)
 
 
@@ -72,15 +82,85 @@ def reconstruct(
     provider: str = "cpu",
     threads: int = 1,
     timings: Optional[Dict[str, float]] = None,
+    tile_rows: Optional[int] = None,
 ) -> RawImage:
     """Decoded image from the latent grids (finest first) and the dequantized weights.
+
+    ``tile_rows``: compute the frame in tiles of that many output rows
+    (:func:`reconstruct_tiles`); None: tiles only when the whole frame's graph
+    would need more than ``tiling.TILE_GRAPH_BUDGET``; 0: the whole frame.
 
     ``timings``, when given, receives the seconds spent in ``graph_build``,
     ``session``, ``upsampling_synthesis`` and ``output``.
     """
+    from .tiling import TILE_GRAPH_BUDGET, tile_rows_for
+
+    if tile_rows is None:
+        tile_rows = tile_rows_for(arch, TILE_GRAPH_BUDGET)
+    if tile_rows:
+        return reconstruct_tiles(arch, float_params, latents, tile_rows, provider, threads, timings)
     x = synthesize(arch, float_params, latents, provider, threads, timings)
     t0 = time.perf_counter()
     img = to_raw_image(x, arch.frame_data_type, arch.bitdepth)
     if timings is not None:
         timings["output"] = time.perf_counter() - t0
     return img
+
+
+def reconstruct_tiles(
+    arch: DecoderArch,
+    float_params: Mapping[str, np.ndarray],
+    latents: Sequence[np.ndarray],
+    tile_rows: int,
+    provider: str = "cpu",
+    threads: int = 1,
+    timings: Optional[Dict[str, float]] = None,
+) -> RawImage:
+    """:func:`reconstruct` a band of ``tile_rows`` output rows at a time (``decoder_runtime.tiling``).
+
+    Memory grows with the tile; the output planes are the only full-frame
+    arrays. Consecutive tiles with the same window relative to their start
+    share one onnxruntime session (all but the first and the last ones).
+    """
+    from .onnx_graph import build_decoder_model_bytes
+    from .ort_session import make_session, ort_error_text
+    from .tiling import can_split, plan_rows, tile_bounds, tile_feed, tile_key
+
+    if not can_split(arch):
+        return reconstruct(arch, float_params, latents, provider, threads, timings, tile_rows=0)
+    h, w = arch.img_size
+    dtype = np.uint8 if arch.bitdepth <= 8 else np.uint16
+    chroma = (h // 2, w // 2) if arch.frame_data_type == "yuv420" else (h, w)
+    planes = [np.empty((h, w), dtype)] + [np.empty(chroma, dtype) for _ in range(arch.n_out - 1)]
+    seed = arch.common_randomness_seed if arch.flag_common_randomness else None
+    key, sess = None, None
+    t = dict.fromkeys(("graph_build", "session", "upsampling_synthesis", "output"), 0.0)
+    for y0, y1 in tile_bounds(h, tile_rows, 1 << max(arch.latent_levels)):
+        t0 = time.perf_counter()
+        win = plan_rows(arch, y0, y1)
+        if tile_key(arch, win) != key:
+            # One session alive at a time: each keeps its own arena, as large
+            # as its tile's tensors.
+            key, sess = tile_key(arch, win), None
+            model = build_decoder_model_bytes(arch, float_params, win)
+            t1 = time.perf_counter()
+            sess = make_session(model, provider, threads, mem_pattern=False)
+            t["graph_build"] += t1 - t0
+            t["session"] += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        try:
+            (out,) = sess.run(["image"], tile_feed(arch, win, latents, seed))
+        except Exception as e:  # onnxruntime's errors are untyped; a caller gets a CoolChicError
+            raise InferenceError(
+                f"onnxruntime failed to run the upsampling and synthesis of rows {y0}-{y1} of a {h}x{w} frame: "
+                f"{ort_error_text(e)}"
+            ) from e
+        t3 = time.perf_counter()
+        c0, c1 = (y0 // 2, y1 // 2) if arch.frame_data_type == "yuv420" else (y0, y1)
+        write_code_values(out[0], arch.bitdepth, [planes[0][y0:y1]] + [p[c0:c1] for p in planes[1:]])
+        del out  # onnxruntime's output may hold its session's memory until released
+        t["upsampling_synthesis"] += t3 - t2
+        t["output"] += time.perf_counter() - t3
+    if timings is not None:
+        timings.update(t)
+    return RawImage(tuple(planes), arch.frame_data_type, arch.bitdepth)

@@ -82,7 +82,7 @@ def test_default_limit_admits_every_shipped_configuration_at_max_pixels(name):
     arch = decoder_config_to_param(load_decoder_config(name), img_size=(4096, 4096)).to_arch("rgb", 8)
     est = estimate_memory(arch, n_bytes=4096 * 4096)
     assert est.pixels == 1 << 24 and est.n_params == sum(p.size for p in param_layout(arch))
-    assert 1 << 30 < est.total <= DEFAULT_MAX_MEMORY, budget.format_bytes(est.total)
+    assert 256 << 20 < est.total <= DEFAULT_MAX_MEMORY, budget.format_bytes(est.total)
 
 
 def test_estimate_follows_the_graph():
@@ -126,17 +126,19 @@ def test_tiny_limit_refuses_a_real_file_before_decoding(small_stream, tmp_path, 
 
 
 def test_256_channels_on_16_mpixel_is_refused_before_allocating(tmp_path):
-    """About 200 bytes describing a full-frame 256-channel synthesis (tens of GB of activations)."""
-    arch, data = _hostile_header_file("256-3-linear-relu,X-3-linear-none")
+    """About 200 bytes describing a 256-channel synthesis on 16.7 Mpixel: even in
+    tiles of rows (64, the coarsest grid's stride, at least), GBs of activations."""
+    arch, data = _hostile_header_file("256-3-linear-relu,X-3-linear-none", size=(512, 32768))
     assert len(data) < 20_000
     est = estimate_memory(arch, len(data))
-    assert est.widest == 256 and est.graph > 2 * 256 * (1 << 24) * 4
+    # At least two 256-channel tensors of a 64-row tile, float32.
+    assert est.widest == 256 and est.graph > 2 * 256 * 64 * 32768 * 4
     path = tmp_path / "h.cool"
     path.write_bytes(data)
     for source in (data, path):
         peak, err = _peak_python_bytes(lambda: decoder_runtime.decode(source))
         assert isinstance(err, ResourceLimitError), err
-        assert "4096x4096" in str(err) and "up to 256 channels" in str(err) and "memory limit of 4.0 GiB" in str(err)
+        assert "512x32768" in str(err) and "up to 256 channels" in str(err) and "memory limit of 4.0 GiB" in str(err)
         assert peak < 2 * MIB, peak
 
 

@@ -156,7 +156,7 @@ def test_api_orders_latent_grids_finest_first(monkeypatch):
         lambda bs, threads=1: [np.full((g.h, g.w), 100 * g.hyper + g.latent_index, np.int32) for g in coded],
     )
 
-    def fake_reconstruct(a, params, latents, provider, threads, timings):
+    def fake_reconstruct(a, params, latents, provider, threads, timings, tile_rows=None):
         seen["values"] = [int(y[0, 0]) for y in latents]
         seen["threads"] = threads
         return "image"
