@@ -36,13 +36,22 @@ cache when the install and home directories are read-only.
 from __future__ import annotations
 
 import threading
-from typing import List, Sequence
+from typing import List, NamedTuple, Sequence
 
 import numba as nb
 import numpy as np
 
 from .arch import DecoderArch, arm_context_offsets, stripe_bounds, wavefront_slope
-from .arm_int import FRAC, IntArm, arm_forward, build_int_arm, ifce_forward
+from .arm_int import (
+    FRAC,
+    MAX_LATENT,
+    IntArm,
+    arm_forward,
+    build_int_arm,
+    ifce_forward,
+    int32_safe_latent_bound,
+    new_scratch,
+)
 from .errors import BitstreamError
 from .jit import njit
 from .prob_tables import get_tables
@@ -61,29 +70,135 @@ from .range_coder import (
     rc_symbol,
 )
 
-MAX_LATENT = (1 << 14) - 1  # |latent| bound of the format
 MAX_ESCAPE_PREFIX = 16
 # Held while this process runs _decode_grid_parallel (see the module docstring).
 _parallel_launch = threading.Lock()
+PAD = 4  # context reaches 4 rows up and 4 columns left/right (9x9 window)
+
+
+class Context(NamedTuple):
+    """Where the ARM's context pixels lie and the coding order (``arch``)."""
+
+    dys: np.ndarray  # int64 [C]
+    dxs: np.ndarray  # int64 [C]
+    slope: int  # wavefront slope K: pixel (i, j) at step j + K*i
+
+
+class GridFeatures(NamedTuple):
+    """IFCE features of one coded grid, stored at its source's resolution.
+
+    Pixel (y, x) reads ``feat[:, min(y >> shift_down, sh-1), min(x >> shift_down, sw-1)]``
+    (all zeros, 1x1, for a grid without IFCE). Rows beyond the ARM's F
+    features, up to its padded input dimension, are zero.
+    """
+
+    feat: np.ndarray  # int32 [dim - C, sh, sw]
+    shift_down: int
+    canon: np.ndarray  # int32 [dim - C]: the features of an all-zero source neighbourhood
+    bound: int  # max of feat: the features' bound for int32_safe_latent_bound
+
+
+class Coder(NamedTuple):
+    """Probability tables of the range coder (``prob_tables.ProbTables``)."""
+
+    cum: np.ndarray
+    offset: np.ndarray
+    half_width: np.ndarray
 
 
 @njit(inline="always")
-def gather_column(y_grid, r0, row, j, w, dys, dxs, ifce, n_ifce, x, col):
-    """Context (and IFCE features) of pixel (row, j) into column ``col`` of ``x``.
+def stripe_layout(n_rows, w, slope):
+    """(hs, cpad, size) of a stripe's skewed copy (see :func:`skew_index`)."""
+    hs = n_rows + PAD
+    cpad = PAD * (1 + slope)
+    return hs, cpad, (cpad + w + PAD + slope * (n_rows - 1)) * hs
 
-    Neighbours outside the grid or above the stripe's first row ``r0`` read 0.
+
+@njit(inline="always")
+def skew_index(i, j, hs, cpad, slope):
+    """Flat index of stripe pixel (i, j) in the stripe's skewed copy.
+
+    Column ``j + slope*i`` (shifted by ``cpad``), row ``i`` (shifted by
+    ``PAD``), columns of ``hs`` values: the pixels of a wave are contiguous,
+    and a context neighbour (dy, dx) lies at the constant distance
+    ``(dx + slope*dy)*hs + dy``, so a wave's context loads are plain vector
+    loads. Cells of rows above the stripe or columns outside the grid are
+    never written and read 0, as the format requires.
     """
-    n_ctx = dys.size
+    return (j + slope * i + cpad) * hs + i + PAD
+
+
+@njit(inline="always")
+def skewed_stripe(y_grid, r0, r1, slope):
+    """The skewed copy of rows r0..r1-1 of a decoded grid (the encoder's view of a stripe)."""
+    w = y_grid.shape[1]
+    hs, cpad, size = stripe_layout(r1 - r0, w, slope)
+    yp = np.zeros(size, dtype=np.int32)
+    for i in range(r1 - r0):
+        for j in range(w):
+            yp[skew_index(i, j, hs, cpad, slope)] = y_grid[r0 + i, j]
+    return yp
+
+
+@njit(inline="always")
+def context_offsets(ctx, hs):
+    """Distances of the context pixels in a skewed stripe of columns of ``hs`` values."""
+    offs = np.empty(ctx.dys.size, dtype=np.int64)
+    for c in range(ctx.dys.size):
+        offs[c] = (ctx.dxs[c] + ctx.slope * ctx.dys[c]) * hs + ctx.dys[c]
+    return offs
+
+
+@njit(inline="always")
+def gather_run(yp, base, step, n, offs, gf, row0, di, j0, dj, x, nz):
+    """ARM inputs of ``n`` pixels (row0 + di*p, j0 + dj*p) into columns ``0..n-1`` of ``x``.
+
+    The pixels lie at flat indices ``base + step*p`` of the padded stripe
+    ``yp``. Sets ``nz[p]`` to whether pixel p's inputs differ from the
+    all-zero context's and returns how many do. Pixels run innermost, one
+    input at a time: the stores and tests vectorise.
+    """
+    n_ctx = offs.size
+    for p in range(n):
+        nz[p] = 0
     for c in range(n_ctx):
-        yy = row + dys[c]
-        xx = j + dxs[c]
-        if yy >= r0 and xx >= 0 and xx < w:
-            x[c, col] = np.int64(y_grid[yy, xx]) << FRAC
+        o = base + offs[c]
+        xc = x[c]
+        for p in range(n):
+            v = yp[o + step * p]
+            xc[p] = v << FRAC
+            nz[p] |= v != 0
+    feat = gf.feat
+    sd = gf.shift_down
+    fy_max, fx_max = feat.shape[1] - 1, feat.shape[2] - 1
+    for f in range(feat.shape[0]):
+        xf = x[n_ctx + f]
+        ff = feat[f]
+        cf = gf.canon[f]
+        for p in range(n):
+            v = ff[min((row0 + di * p) >> sd, fy_max), min((j0 + dj * p) >> sd, fx_max)]
+            xf[p] = v
+            nz[p] |= v != cf
+    m = 0
+    for p in range(n):
+        m += nz[p]
+    return m
+
+
+@njit(inline="always")
+def compact_columns(x, n, nz, batch_of):
+    """Move the columns with ``nz`` set to the front of ``x``; ``batch_of[p]``: pixel p's column, or -1."""
+    m = 0
+    for p in range(n):
+        if nz[p]:
+            if m != p:
+                for r in range(x.shape[0]):
+                    x[r, m] = x[r, p]
+            batch_of[p] = m
+            m += 1
         else:
-            x[c, col] = 0
-    # Grids without an IFCE source still feed the ARM zeros in those slots.
-    for f in range(x.shape[0] - n_ctx):
-        x[n_ctx + f, col] = ifce[f, row * w + j] if f < n_ifce else 0
+            batch_of[p] = -1
+    return m
 
 
 @njit
@@ -96,64 +211,59 @@ def wave_rows(t, n_rows, w, slope):
     return lo, hi
 
 
-PAD = 4  # context reaches 4 rows up and 4 columns left/right (9x9 window)
-
-
 @njit
-def _decode_stripe(buf, st, y_grid, r0, r1, w, ifce, n_ifce, canon, dys, dxs, slope,
-                   wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in,
-                   cum, offset, half_width):
+def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net32, net64, l_safe, coder):
     n_rows = r1 - r0
     if n_rows <= 0:
         return
+    w = y_grid.shape[1]
+    slope = ctx.slope
+    n_ctx = net64.n_ctx
     cap = min(n_rows, w // slope + 1)
-    x = np.zeros((dim_in, cap), dtype=np.int64)
-    h0 = np.empty((n_ctx, cap), dtype=np.int64)
-    h1 = np.empty((n_ctx, cap), dtype=np.int64)
-    acc = np.empty(cap, dtype=np.int64)
-    acc2 = np.empty(cap, dtype=np.int64)
+    x = np.zeros((net64.dim, cap), dtype=np.int32)
+    scr32 = new_scratch(net32, cap)
+    scr64 = new_scratch(net64, cap)
     mu_int = np.empty(cap, dtype=np.int64)
     frac = np.empty(cap, dtype=np.int64)
     kidx = np.empty(cap, dtype=np.int64)
+    nz = np.empty(cap, dtype=np.uint8)
     batch_of = np.empty(cap, dtype=np.int64)
-    # The stripe is decoded into a zero-bordered copy: contexts need no bounds
-    # checks, and rows above the stripe read 0 as the format requires.
-    yp = np.zeros((n_rows + PAD, w + 2 * PAD), dtype=np.int64)
-    # Most contexts of a fine grid are all zero: their ARM output is computed
-    # once. Identical integer inputs give identical outputs, so this changes
-    # the speed, not a single decoded value.
-    for f in range(dim_in - n_ctx):
-        x[n_ctx + f, 0] = canon[f]
-    arm_forward(x, 1, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, h0, h1, acc, acc2, mu_int, frac, kidx)
+    hs, cpad, size = stripe_layout(n_rows, w, slope)
+    yp = np.zeros(size, dtype=np.int32)
+    offs = context_offsets(ctx, hs)
+    # Contexts that are all zero (most of a fine grid's at low rates) all
+    # give the ARM output of the all-zero context, computed once here: when
+    # they are at least half of a wave, the ARM runs on the others only.
+    # Identical integer inputs give identical outputs, so this changes the
+    # speed, not a single decoded value.
+    for f in range(net64.dim - n_ctx):
+        x[n_ctx + f, 0] = gf.canon[f]
+    arm_forward(x, 1, net64, scr64, mu_int, frac, kidx)
     mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
-    n_feat = dim_in - n_ctx
+    cum, offset, half_width = coder.cum, coder.offset, coder.half_width
     pos, code, rng = st[ST_POS], st[ST_CODE], st[ST_RANGE]
+    # Largest |latent| decoded so far: while it stays within l_safe, the
+    # int32 ARM gives the int64 ARM's integers (int32_safe_latent_bound).
+    amax = 0
     n_waves = (w - 1) + slope * (n_rows - 1) + 1
     for t in range(n_waves):
         lo, hi = wave_rows(t, n_rows, w, slope)
-        m = 0
-        for p in range(hi - lo + 1):
-            i = lo + p
-            j = t - slope * i
-            nonzero = False
-            for c in range(n_ctx):
-                v = yp[i + PAD + dys[c], j + PAD + dxs[c]]
-                x[c, m] = v << FRAC
-                nonzero |= v != 0
-            for f in range(n_feat):
-                v = ifce[f, (r0 + i) * w + j] if f < n_ifce else 0
-                x[n_ctx + f, m] = v
-                nonzero |= v != canon[f]
-            if nonzero:
-                batch_of[p] = m
-                m += 1
-            else:
-                batch_of[p] = -1
+        n = hi - lo + 1
+        base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
+        m = gather_run(yp, base0, 1, n, offs, gf, r0 + lo, 1, t - slope * lo, -slope, x, nz)
+        dense = 2 * m > n
+        if dense:
+            m = n
+        else:
+            m = compact_columns(x, n, nz, batch_of)
         if m > 0:
-            arm_forward(x, m, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, h0, h1, acc, acc2, mu_int, frac, kidx)
-        for p in range(hi - lo + 1):
-            i = lo + p
-            b = batch_of[p]
+            if amax <= l_safe:
+                arm_forward(x, m, net32, scr32, mu_int, frac, kidx)
+            else:
+                arm_forward(x, m, net64, scr64, mu_int, frac, kidx)
+        base = base0
+        for p in range(n):
+            b = p if dense else batch_of[p]
             if b < 0:
                 mu, fr, k = mu0, frac0, k0
             else:
@@ -162,77 +272,78 @@ def _decode_stripe(buf, st, y_grid, r0, r1, w, ifce, n_ifce, canon, dys, dxs, sl
             s, pos, code, rng = rc_symbol(buf, pos, code, rng, cum, offset[fr, k], 2 * big_r + 2)
             if s == 2 * big_r + 1:
                 sign, pos, code, rng = rc_bits(buf, pos, code, rng, 1)
-                nz = 0
+                prefix = 0
                 while True:
                     bit, pos, code, rng = rc_bits(buf, pos, code, rng, 1)
                     if bit == 1:
                         break
-                    nz += 1
-                    if nz > MAX_ESCAPE_PREFIX:
+                    prefix += 1
+                    if prefix > MAX_ESCAPE_PREFIX:
                         st[ST_STATUS] = STATUS_BAD_ESCAPE
                         return
-                tail, pos, code, rng = rc_bits(buf, pos, code, rng, nz)
-                r = big_r + ((np.int64(1) << nz) | tail)
+                tail, pos, code, rng = rc_bits(buf, pos, code, rng, prefix)
+                r = big_r + ((np.int64(1) << prefix) | tail)
                 if sign == 1:
                     r = -r
             else:
                 r = s - big_r
             v = mu + r
-            if v > MAX_LATENT or v < -MAX_LATENT:
+            a = v if v >= 0 else -v
+            if a > MAX_LATENT:
                 st[ST_STATUS] = STATUS_RANGE
                 return
-            yp[i + PAD, t - slope * i + PAD] = v
+            amax = max(amax, a)
+            yp[base] = v
+            base += 1
         if pos > buf.size + MAX_OVERREAD:
             st[ST_STATUS] = STATUS_OVERREAD
             return
     st[ST_POS], st[ST_CODE], st[ST_RANGE] = pos, code, rng
     for i in range(n_rows):
         for j in range(w):
-            y_grid[r0 + i, j] = yp[i + PAD, j + PAD]
+            y_grid[r0 + i, j] = yp[skew_index(i, j, hs, cpad, slope)]
 
 
 @njit
-def _decode_grid_serial(data, starts, ends, states, bounds, y_grid, w, ifce, n_ifce, canon, dys, dxs, slope,
-                        wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width):
+def _decode_grid_serial(data, starts, ends, states, bounds, y_grid, gf, ctx, net32, net64, l_safe, coder):
     for s in range(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1], w, ifce, n_ifce, canon,
-                       dys, dxs, slope, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width)
+        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1],
+                       gf, ctx, net32, net64, l_safe, coder)
 
 
 @njit(parallel=True)
-def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, w, ifce, n_ifce, canon, dys, dxs, slope,
-                          wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width):
+def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx, net32, net64, l_safe, coder):
     for s in nb.prange(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1], w, ifce, n_ifce, canon,
-                       dys, dxs, slope, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, cum, offset, half_width)
+        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1],
+                       gf, ctx, net32, net64, l_safe, coder)
 
 
-def grid_ifce(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.ndarray]) -> np.ndarray:
-    """IFCE features [F, h*w] of a coded grid (a 1x1 dummy when it has none)."""
+def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.ndarray]) -> GridFeatures:
+    """The IFCE features a coded grid reads (``decoded``: the grids decoded before it)."""
+    n_rows = arm.net64.dim - arm.n_context
+    canon = np.zeros(n_rows, dtype=np.int32)
     if grid.ifce_source < 0 or arm.n_ifce == 0:
-        return np.zeros((1, 1), dtype=np.int64)
+        return GridFeatures(np.zeros((n_rows, 1, 1), dtype=np.int32), 0, canon, 0)
     src_grid = arch.coded_grids()[grid.ifce_source]
-    out = np.empty((arm.n_ifce, grid.h * grid.w), dtype=np.int64)
-    ifce_forward(decoded[grid.ifce_source], src_grid.level - grid.level, grid.h, grid.w,
-                 arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, out)
-    return out
+    src = decoded[grid.ifce_source]
+    feat = np.zeros((n_rows, *src.shape), dtype=np.int32)
+    ifce_forward(src, arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, feat)
+    zero = np.zeros((n_rows, 1, 1), dtype=np.int32)
+    ifce_forward(np.zeros((1, 1), dtype=np.int32), arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, zero)
+    canon[:] = zero[:, 0, 0]
+    return GridFeatures(feat, src_grid.level - grid.level, canon, int(feat.max(initial=0)))
 
 
-def canonical_features(arm: IntArm, grid) -> np.ndarray:
-    """IFCE features of an all-zero source neighbourhood (zeros for grids without IFCE)."""
-    canon = np.zeros(max(arm.n_ifce, 1), dtype=np.int64)
-    if grid.ifce_source >= 0 and arm.n_ifce:
-        out = np.empty((arm.n_ifce, 1), dtype=np.int64)
-        ifce_forward(np.zeros((1, 1), dtype=np.int32), 0, 1, 1, arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, out)
-        canon[: arm.n_ifce] = out[:, 0]
-    return canon
-
-
-def context_arrays(arch: DecoderArch):
+def context_arrays(arch: DecoderArch) -> Context:
     offs = arm_context_offsets(arch.spatial_context_arm)
     dys = np.array([o[0] for o in offs], dtype=np.int64)
     dxs = np.array([o[1] for o in offs], dtype=np.int64)
-    return dys, dxs, wavefront_slope(arch.spatial_context_arm)
+    return Context(dys, dxs, wavefront_slope(arch.spatial_context_arm))
+
+
+def coder_tables() -> Coder:
+    t = get_tables()
+    return Coder(t.cum, t.offset, t.half_width)
 
 
 _STATUS_TEXT = {
@@ -245,8 +356,6 @@ _STATUS_TEXT = {
 def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[bytes], threads: int = 1) -> List[np.ndarray]:
     """Decode every coded grid (``arch.coded_grids()`` order) as int32 arrays."""
     n_sub = len(substreams)
-    tables = get_tables()
-    dys, dxs, slope = context_arrays(arch)
     data = np.frombuffer(b"".join(bytes(s) for s in substreams), dtype=np.uint8)
     lengths = np.array([len(s) for s in substreams], dtype=np.int64)
     ends = np.cumsum(lengths)
@@ -258,7 +367,7 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
     # One parallel launch at a time in the process (see the module docstring);
     # a caller that finds one running decodes its stripes serially, which
     # gives the same latents.
-    args = (arch, arm, data, starts, ends, states, dys, dxs, slope, tables)
+    args = (arch, arm, data, starts, ends, states)
     if threads == 1 or not _parallel_launch.acquire(blocking=False):
         return _decode_grids(*args, parallel=False)
     try:
@@ -273,18 +382,17 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
         _parallel_launch.release()
 
 
-def _decode_grids(arch, arm, data, starts, ends, states, dys, dxs, slope, tables, parallel) -> List[np.ndarray]:
+def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.ndarray]:
     n_sub = states.shape[0]
     run = _decode_grid_parallel if parallel else _decode_grid_serial
+    ctx, coder = context_arrays(arch), coder_tables()
     decoded: List[np.ndarray] = []
     for g in arch.coded_grids():
         y_grid = np.zeros((g.h, g.w), dtype=np.int32)
-        ifce = grid_ifce(arch, arm, g, decoded)
-        n_ifce = arm.n_ifce if g.ifce_source >= 0 else 0
+        gf = grid_features(arch, arm, g, decoded)
+        l_safe = int32_safe_latent_bound(arm.net64, gf.bound)
         bounds = np.array(stripe_bounds(g.h, n_sub), dtype=np.int64).reshape(n_sub, 2)
-        run(data, starts, ends, states, bounds, y_grid, g.w, ifce, n_ifce, canonical_features(arm, g), dys, dxs, slope,
-            arm.w_hidden, arm.b_hidden, arm.w_out, arm.w_stab, arm.b_out, arm.shift, arm.n_hidden,
-            arm.n_context, arm.dim_in, tables.cum, tables.offset, tables.half_width)
+        run(data, starts, ends, states, bounds, y_grid, gf, ctx, arm.net32, arm.net64, l_safe, coder)
         bad = states[:, ST_STATUS]
         if np.any(bad != STATUS_OK):
             code = int(bad[bad != STATUS_OK][0])

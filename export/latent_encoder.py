@@ -15,33 +15,48 @@ from typing import List, Sequence
 import numpy as np
 
 from coolchic.decoder_runtime.arch import DecoderArch, stripe_bounds
-from coolchic.decoder_runtime.arm_int import IntArm, arm_forward
+from coolchic.decoder_runtime.arm_int import IntArm, arm_forward, new_scratch
 from coolchic.decoder_runtime.errors import EncodeError
 from coolchic.decoder_runtime.jit import njit
-from coolchic.decoder_runtime.latent_codec import MAX_LATENT, context_arrays, gather_column, grid_ifce, wave_rows
+from coolchic.decoder_runtime.latent_codec import (
+    MAX_LATENT,
+    context_arrays,
+    context_offsets,
+    gather_run,
+    grid_features,
+    skew_index,
+    skewed_stripe,
+    stripe_layout,
+    wave_rows,
+)
 from coolchic.decoder_runtime.prob_tables import TOTAL_BITS, get_tables
 
 from .range_encoder import encode_bits, encode_symbol, encoder_finish, new_encoder_state
 
 
 @njit
-def _grid_arm(y_grid, bounds, ifce, n_ifce, dys, dxs,
-              wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, mu_int, frac, kidx):
-    """ARM outputs of every pixel of a grid (row-major), stripes respected."""
+def _grid_arm(y_grid, bounds, gf, ctx, net, mu_int, frac, kidx):
+    """ARM outputs of every pixel of a grid (row-major), stripes respected.
+
+    Same gather and ARM kernels as the decoder, a row at a time, on the
+    int64 net (exact for every input).
+    """
     h, w = y_grid.shape
-    x = np.empty((dim_in, w), dtype=np.int64)
-    h0 = np.empty((n_ctx, w), dtype=np.int64)
-    h1 = np.empty((n_ctx, w), dtype=np.int64)
-    acc = np.empty(w, dtype=np.int64)
-    acc2 = np.empty(w, dtype=np.int64)
+    x = np.zeros((net.dim, w), dtype=np.int32)
+    scr = new_scratch(net, w)
+    nz = np.empty(w, dtype=np.uint8)
     for s in range(bounds.shape[0]):
-        r0 = bounds[s, 0]
-        for row in range(bounds[s, 0], bounds[s, 1]):
-            for j in range(w):
-                gather_column(y_grid, r0, row, j, w, dys, dxs, ifce, n_ifce, x, j)
-            o = row * w
-            arm_forward(x, w, wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim_in, h0, h1, acc, acc2,
-                        mu_int[o:o + w], frac[o:o + w], kidx[o:o + w])
+        r0, r1 = bounds[s, 0], bounds[s, 1]
+        if r1 <= r0:
+            continue
+        yp = skewed_stripe(y_grid, r0, r1, ctx.slope)
+        hs, cpad, _ = stripe_layout(r1 - r0, w, ctx.slope)
+        offs = context_offsets(ctx, hs)
+        for i in range(r1 - r0):
+            # Along a row, the skewed copy steps one column (hs values) per pixel.
+            gather_run(yp, skew_index(i, 0, hs, cpad, ctx.slope), hs, w, offs, gf, r0 + i, 0, 0, 1, x, nz)
+            o = (r0 + i) * w
+            arm_forward(x, w, net, scr, mu_int[o:o + w], frac[o:o + w], kidx[o:o + w])
 
 
 @njit
@@ -98,7 +113,7 @@ def encode_latent_grids(arch: DecoderArch, arm: IntArm, latents: Sequence[np.nda
     if len(latents) != len(grids):
         raise EncodeError(f"expected {len(grids)} latent grids, got {len(latents)}")
     tables = get_tables()
-    dys, dxs, slope = context_arrays(arch)
+    ctx = context_arrays(arch)
     n_symbols = sum(g.h * g.w for g in grids)
     # Worst case per symbol: 16 bits + an escape of 1 + 2*17 bits.
     cap = 7 * n_symbols + 64
@@ -112,16 +127,14 @@ def encode_latent_grids(arch: DecoderArch, arm: IntArm, latents: Sequence[np.nda
             raise EncodeError(f"grid {g.index}: shape {y.shape}, expected {(g.h, g.w)}")
         if np.abs(y.astype(np.int64)).max(initial=0) > MAX_LATENT:
             raise EncodeError(f"grid {g.index}: a latent exceeds the format's bound of {MAX_LATENT}")
-        ifce = grid_ifce(arch, arm, g, decoded)
-        n_ifce = arm.n_ifce if g.ifce_source >= 0 else 0
+        gf = grid_features(arch, arm, g, decoded)
         bounds = np.array(stripe_bounds(g.h, n_substreams), dtype=np.int64).reshape(n_substreams, 2)
         mu_int = np.empty(g.h * g.w, dtype=np.int64)
         frac = np.empty(g.h * g.w, dtype=np.int64)
         kidx = np.empty(g.h * g.w, dtype=np.int64)
-        _grid_arm(y, bounds, ifce, n_ifce, dys, dxs, arm.w_hidden, arm.b_hidden, arm.w_out, arm.w_stab,
-                  arm.b_out, arm.shift, arm.n_hidden, arm.n_context, arm.dim_in, mu_int, frac, kidx)
+        _grid_arm(y, bounds, gf, ctx, arm.net64, mu_int, frac, kidx)
         for s in range(n_substreams):
-            ideal += _encode_stripe(outs[s], states[s], y, bounds[s, 0], bounds[s, 1], slope,
+            ideal += _encode_stripe(outs[s], states[s], y, bounds[s, 0], bounds[s, 1], ctx.slope,
                                     mu_int, frac, kidx, tables.cum, tables.offset, tables.half_width)
         decoded.append(y)
     subs = []

@@ -81,3 +81,54 @@ def test_align_bias():
     assert align_bias(3, 4, 8) == 3 << 4
     assert align_bias(5, 0, 10) == (5 + 2) >> 2
     assert align_bias(-5, 0, 10) == (-5 + 2) >> 2
+
+
+def _arm_outputs(net, x):
+    from coolchic.decoder_runtime.arm_int import arm_forward, arm_scratch
+
+    n = x.shape[1]
+    out = [np.zeros(n, dtype=np.int64) for _ in range(3)]
+    arm_forward(x, n, net, arm_scratch(net, n), *out)
+    return np.stack(out)
+
+
+def test_int32_arm_agrees_with_int64_up_to_its_bound(small_arch):
+    """The int32 ARM gives the int64 ARM's integers for every input that
+    int32_safe_latent_bound admits, here at the bound itself."""
+    from coolchic.decoder_runtime.arm_int import FRAC, int32_safe_latent_bound
+
+    q, shifts, _, _ = random_int_model(small_arch, seed=11)
+    arm = build_int_arm(small_arch, q, shifts)
+    feat_bound = 3000
+    bound = int32_safe_latent_bound(arm.net64, feat_bound)
+    assert 0 < bound < MAX_LATENT
+    rng = np.random.default_rng(0)
+    n, c = 257, arm.n_context
+    x = np.zeros((arm.net64.dim, n), dtype=np.int32)
+    x[:c] = rng.choice([-bound, bound, 0, 1, -1], size=(c, n)) << FRAC
+    x[c:arm.dim_in] = rng.integers(0, feat_bound + 1, size=(arm.dim_in - c, n))
+    x[:, 0] = 0
+    x[:c, 1] = bound << FRAC
+    ref = _arm_outputs(arm.net64, x)
+    np.testing.assert_array_equal(_arm_outputs(arm.net32, x), ref)
+    assert len(np.unique(ref[0])) > 10  # the inputs do exercise the network
+    # Weights at the format's limit leave no room for int32: the int64 ARM decodes alone.
+    big = {k: (np.full_like(v, 2 ** 15 - 1) if k.startswith("arm.") else v) for k, v in q.items()}
+    assert int32_safe_latent_bound(build_int_arm(small_arch, big, shifts).net64, feat_bound) == -1
+
+
+def test_roundtrip_latents_beyond_the_int32_bound(small_arch):
+    """Latents above int32_safe_latent_bound switch the decoder to the int64 ARM mid-stripe."""
+    from coolchic.decoder_runtime.arm_int import int32_safe_latent_bound
+    from coolchic.decoder_runtime.latent_codec import grid_features
+
+    q, shifts, _, latents = random_int_model(small_arch, seed=5)
+    arm = build_int_arm(small_arch, q, shifts)
+    grids = small_arch.coded_grids()
+    bound = int32_safe_latent_bound(arm.net64, grid_features(small_arch, arm, grids[-1], latents).bound)
+    assert 0 <= bound < MAX_LATENT
+    latents = [y.copy() for y in latents]
+    fine = latents[-1]
+    fine[fine.shape[0] // 2, 3] = bound + 1
+    fine[-1, -1] = -MAX_LATENT
+    _roundtrip(small_arch, latents, q, shifts, 2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from coolchic.decoder_runtime.arm_int import build_int_arm
-from coolchic.decoder_runtime.latent_codec import context_arrays, grid_ifce
+from coolchic.decoder_runtime.latent_codec import context_arrays, grid_features
 from coolchic.encoder import arm_float_outputs, encode_frame, export_state, float_rate_per_grid, load_encoder_preset
 from coolchic.encoder.presets import decoder_config_to_param, load_decoder_config
 from coolchic.export.bitstream_writer import write_bitstream
@@ -31,15 +31,12 @@ def trained():
 def test_integer_arm_follows_float_arm(trained):
     st = export_state(trained)
     arm = build_int_arm(st.arch, st.q_params, st.shifts)
-    dys, dxs, _ = context_arrays(st.arch)
+    ctx = context_arrays(st.arch)
     decoded = []
     for g, y, (mu_f, lnb_f) in zip(st.arch.coded_grids(), st.latents, arm_float_outputs(trained)):
         n = g.h * g.w
         mu, frac, k = (np.empty(n, dtype=np.int64) for _ in range(3))
-        ifce = grid_ifce(st.arch, arm, g, decoded)
-        _grid_arm(y, np.array([[0, g.h]]), ifce, arm.n_ifce if g.ifce_source >= 0 else 0, dys, dxs,
-                  arm.w_hidden, arm.b_hidden, arm.w_out, arm.w_stab, arm.b_out, arm.shift, arm.n_hidden,
-                  arm.n_context, arm.dim_in, mu, frac, k)
+        _grid_arm(y, np.array([[0, g.h]]), grid_features(st.arch, arm, g, decoded), ctx, arm.net64, mu, frac, k)
         decoded.append(y)
         mu_int = mu + frac / 16
         # 1/32 from rounding mu to 1/16, plus the fixed-point activations' error.
