@@ -32,7 +32,8 @@ from .errors import (
 from .frame import RawImage, YUV420Planes
 from .image_io import read_image, write_image
 
-__version__ = "0.1.0"
+# One version source: the installed distribution's metadata (coolchic/__init__.py).
+from coolchic import __version__  # noqa: E402
 
 __all__ = [
     "BitstreamError",

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import List, Optional
 
+from coolchic import __version__
+
 from .budget import DEFAULT_MAX_MEMORY, parse_size
 from .errors import ConfigError, CoolChicError, ImageIOError
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "decoder configuration at the 16.7 Mpixel limit)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print the frame, its rate and per-stage timings")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from coolchic import __version__
 from coolchic.decoder_runtime.cli import positive_int
 
 PROG = "coolchic-encode"
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for training (default: all cores, at most 8)")
     run.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
