@@ -26,6 +26,7 @@ from .errors import (
     CoolChicError,
     ImageIOError,
     InferenceError,
+    MissingDependencyError,
     ProviderError,
     ResourceLimitError,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "DecoderArch",
     "ImageIOError",
     "InferenceError",
+    "MissingDependencyError",
     "ProviderError",
     "ResourceLimitError",
     "RawImage",
