@@ -19,6 +19,9 @@ from coolchic.decoder_runtime.errors import ConfigError, MissingDependencyError
 from coolchic.decoder_runtime.frame import RawImage
 
 ENCODER_EXTRA_HINT = "pip install 'coolchic[encoder]'"
+# The keywords of encode() after the image (the Pillow plugin's save() passes these on).
+ENCODE_OPTIONS = ("lmbda", "preset", "dec_cfg", "bitdepth", "overrides", "n_itr", "n_substreams", "threads",
+                  "device", "workdir", "seed", "progress")
 
 
 def require_encoder(what: str = "coolchic.encode"):
