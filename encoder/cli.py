@@ -46,6 +46,29 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def add_effort_options(group) -> None:
+    """--preset, --n-itr, --substreams: shared with coolchic-encode-batch."""
+    group.add_argument("--preset", default="fast", metavar="NAME", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
+    group.add_argument("--n-itr", "--n_itr", type=positive_int, metavar="N", help="override the iterations of the preset's main (soft-round) phase")
+    group.add_argument("--substreams", type=int, default=None, choices=range(1, 65), metavar="1..64",
+                       help="independent latent substreams, decodable in parallel (default: one per 256 rows)")
+
+
+def add_decoder_options(p: argparse.ArgumentParser) -> None:
+    """--dec-cfg and the reference-style overrides: shared with coolchic-encode-batch."""
+    dec = p.add_argument_group("decoder configuration (override --dec-cfg)")
+    dec.add_argument("--dec-cfg", "--dec_cfg", default="mop", metavar="NAME", help="vlop, lop, mop, hop, vhop or a .cfg path. Default mop")
+    dec.add_argument("--arm", metavar="X,Y", help="ARM as <context and hidden width>,<hidden layers>, e.g. 16,2")
+    dec.add_argument("--layers-synthesis", "--layers_synthesis", dest="layers_synthesis", metavar="LAYERS",
+                     help="synthesis layers <out>-<kernel>-<linear|residual>-<relu|none>, comma separated")
+    dec.add_argument("--upsampling-kernel-size", "--upsampling_kernel_size", dest="upsampling_kernel_size",
+                     type=int, metavar="K", help="upsampling transposed-convolution kernel size (even, >= 4)")
+    dec.add_argument("--static-upsampling-kernel", "--static_upsampling_kernel", dest="static_upsampling_kernel",
+                     action="store_true", default=None, help="do not learn (nor transmit) the upsampling kernels")
+    dec.add_argument("--n-ft-per-res", "--n_ft_per_res", dest="n_ft_per_res", metavar="LIST",
+                     help="features per latent resolution, e.g. 1,1,1,1,1,1,1 (only 1s are supported)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -69,22 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     rd = p.add_argument_group("rate-distortion and effort")
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
                     help="rate constraint: loss = MSE + lmbda * rate (bpp). Default 1e-3")
-    rd.add_argument("--preset", default="fast", metavar="NAME", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
-    rd.add_argument("--n-itr", "--n_itr", type=positive_int, metavar="N", help="override the iterations of the preset's main (soft-round) phase")
-    rd.add_argument("--substreams", type=int, default=None, choices=range(1, 65), metavar="1..64",
-                    help="independent latent substreams, decodable in parallel (default: one per 256 rows)")
-
-    dec = p.add_argument_group("decoder configuration (override --dec-cfg)")
-    dec.add_argument("--dec-cfg", "--dec_cfg", default="mop", metavar="NAME", help="vlop, lop, mop, hop, vhop or a .cfg path. Default mop")
-    dec.add_argument("--arm", metavar="X,Y", help="ARM as <context and hidden width>,<hidden layers>, e.g. 16,2")
-    dec.add_argument("--layers-synthesis", "--layers_synthesis", dest="layers_synthesis", metavar="LAYERS",
-                     help="synthesis layers <out>-<kernel>-<linear|residual>-<relu|none>, comma separated")
-    dec.add_argument("--upsampling-kernel-size", "--upsampling_kernel_size", dest="upsampling_kernel_size",
-                     type=int, metavar="K", help="upsampling transposed-convolution kernel size (even, >= 4)")
-    dec.add_argument("--static-upsampling-kernel", "--static_upsampling_kernel", dest="static_upsampling_kernel",
-                     action="store_true", default=None, help="do not learn (nor transmit) the upsampling kernels")
-    dec.add_argument("--n-ft-per-res", "--n_ft_per_res", dest="n_ft_per_res", metavar="LIST",
-                     help="features per latent resolution, e.g. 1,1,1,1,1,1,1 (only 1s are supported)")
+    add_effort_options(rd)
+    add_decoder_options(p)
 
     run = p.add_argument_group("execution")
     run.add_argument("--workdir", type=Path, metavar="DIR", help="logs, archi.txt and checkpoints; an interrupted run resumes from here")
