@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training device (default cpu)")
     run.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for training (default: all cores, at most 8)")
     run.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--log-every", type=int, default=100, metavar="N",
+                     help="when stderr is not a terminal (logs, CI), a progress line every N iterations "
+                     "instead of a bar (default 100; 0: none)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar nor progress lines")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -109,6 +112,22 @@ def decoder_overrides(args: argparse.Namespace) -> dict:
     """The reference-style decoder options given on the command line."""
     keys = ("arm", "layers_synthesis", "upsampling_kernel_size", "static_upsampling_kernel", "n_ft_per_res")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def _unwritable(args: argparse.Namespace) -> Optional[str]:
+    """Why an output place cannot be written, checked before training rather than after it."""
+    from coolchic.decoder_runtime.atomic_file import check_writable_dir
+
+    places = [("output directory", args.output.parent, False), ("workdir", args.workdir, True),
+              ("--export-onnx directory", args.export_onnx, True)]
+    for what, path, create in places:
+        if path is None:
+            continue
+        try:
+            check_writable_dir(path, create=create)
+        except OSError as e:
+            return f"cannot write to the {what} {path}: {e.strerror or e}"
+    return None
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -136,6 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _fail(f"output is a directory: {args.output}")
         if not args.output.parent.exists():
             return _fail(f"output directory does not exist: {args.output.parent}")
+        problem = _unwritable(args)
+        if problem:
+            return _fail(problem)
         image = read_image(
             args.input, width=args.width, height=args.height,
             frame_data_type=args.frame_data_type, bitdepth=args.bitdepth, frame_index=args.frame,
@@ -158,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             seed=args.seed,
             n_substreams=args.substreams,
             progress=not args.quiet and sys.stderr.isatty(),
+            log_every=None if args.quiet or sys.stderr.isatty() else max(0, args.log_every),
         )
         write_outputs(result, args.output, args.export_onnx)
     except KeyboardInterrupt:
