@@ -29,4 +29,15 @@ def decode(source, **options):
     return _decode(source, **options)
 
 
-__all__ = ["__version__", "decode"]
+def encode(image, lmbda: float = 1e-3, preset: str = "fast", dec_cfg: str = "mop", **options) -> bytes:
+    """:func:`coolchic.encoding.encode`: a numpy array, ``PIL.Image`` or path to bitstream bytes.
+
+    Needs the encoder extra (PyTorch); without it, a ``MissingDependencyError``
+    that says ``pip install 'coolchic[encoder]'``.
+    """
+    from .encoding import encode as _encode
+
+    return _encode(image, lmbda=lmbda, preset=preset, dec_cfg=dec_cfg, **options)
+
+
+__all__ = ["__version__", "decode", "encode"]

@@ -26,13 +26,15 @@ from .errors import (
     CoolChicError,
     ImageIOError,
     InferenceError,
+    MissingDependencyError,
     ProviderError,
     ResourceLimitError,
 )
 from .frame import RawImage, YUV420Planes
 from .image_io import read_image, write_image
 
-__version__ = "0.1.0"
+# One version source: the installed distribution's metadata (coolchic/__init__.py).
+from coolchic import __version__  # noqa: E402
 
 __all__ = [
     "BitstreamError",
@@ -42,6 +44,7 @@ __all__ = [
     "DecoderArch",
     "ImageIOError",
     "InferenceError",
+    "MissingDependencyError",
     "ProviderError",
     "ResourceLimitError",
     "RawImage",

@@ -11,7 +11,7 @@ See ``docs/architecture.md`` for the maths.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from .errors import ConfigError
 
@@ -398,3 +398,38 @@ def validate_arch(a: DecoderArch) -> None:
         )
     if not 0 <= a.common_randomness_seed < (1 << 32):
         raise ConfigError("common_randomness_seed must fit in 32 bits")
+
+
+def decoder_options(arch: DecoderArch) -> Dict[str, str]:
+    """The decoder configuration of ``arch`` in the spelling of ``cfg/dec/*.cfg`` files.
+
+    Given back to the encoder (``--dec-cfg`` options, ``overrides=``), these
+    rebuild the same architecture; synthesis widths are numbers, not ``X``.
+    """
+    lo, hi = arch.latent_resolution
+
+    def rng(r: Optional[Tuple[int, int]]) -> str:
+        return "none" if r is None else f"{r[0]}-{r[1]}"
+
+    opts = {
+        "arm": f"{arch.spatial_context_arm},{arch.n_hidden_layers_arm}",
+        "layers_synthesis": ",".join(str(layer) for layer in arch.layers_synthesis),
+    }
+    if lo == 0:
+        opts["n_ft_per_res"] = ",".join("1" * (hi + 1))
+    else:
+        opts["latent_resolution"] = rng(arch.latent_resolution)
+    opts.update({
+        "hyper_latent_resolution": rng(arch.hyper_latent_resolution),
+        "ifce_resolution": rng(arch.ifce_resolution),
+        "output_feature_ifce": str(arch.output_feature_ifce),
+        "upsampling_kernel_size": str(arch.ups_k_size),
+        "ups_preconcat_k_size": str(arch.ups_preconcat_k_size),
+        "static_upsampling_kernel": str(arch.static_upsampling_kernel).lower(),
+        "linear_stabiliser_arm": str(arch.linear_stabiliser_arm).lower(),
+        "linear_stabiliser_synth": str(arch.linear_stabiliser_synth).lower(),
+        "flag_common_randomness": str(arch.flag_common_randomness).lower(),
+        "common_randomness_seed": str(arch.common_randomness_seed),
+        "final_upsampling_type": arch.final_upsampling_type,
+    })
+    return opts

@@ -76,3 +76,17 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path) as f:
         f.write(data)
+
+
+def check_writable_dir(directory: PathLike, create: bool = False) -> None:
+    """Raise ``OSError`` unless a file can be created in ``directory`` (made first if ``create``).
+
+    A real probe, as :func:`atomic_open` will write: permission bits do not
+    tell (root, ACLs, read-only mounts), a created and removed file does.
+    """
+    directory = os.fspath(directory) or "."
+    if create:
+        os.makedirs(directory, exist_ok=True)
+    fd, tmp = _create_temp(directory, "write-test")
+    os.close(fd)
+    os.unlink(tmp)

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import List, Optional
 
+from coolchic import __version__
+
 from .arch import DEFAULT_MAX_PIXELS
 from .budget import DEFAULT_MAX_MEMORY, parse_size
 from .errors import ConfigError, CoolChicError, ImageIOError
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"zlib level of a PNG output, 0 (fastest) to 9 (smallest) (default: {PNG_COMPRESS_LEVEL})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print the frame, its rate and per-stage timings")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -42,3 +42,7 @@ class InferenceError(CoolChicError, RuntimeError):
 
 class EncodeError(CoolChicError, RuntimeError):
     """The encoder could not produce a bitstream it can read back."""
+
+
+class MissingDependencyError(CoolChicError, ImportError):
+    """An optional part (an extra such as ``encoder``) that is not installed; the message names the extra."""

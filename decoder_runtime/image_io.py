@@ -25,7 +25,7 @@ import numpy as np
 
 from .arch import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from .atomic_file import atomic_open
-from .errors import ImageIOError
+from .errors import ConfigError, ImageIOError
 from .frame import RawImage
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -304,35 +304,82 @@ def _read_png_pillow(path: str) -> RawImage:
         with Image.open(path) as im:
             if im.format != "PNG":
                 raise ImageIOError(f"{path}: not a PNG file (Pillow reads it as {im.format})")
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif im.mode == "1":
-                im = im.convert("L")
-            elif im.mode == "RGB" and "transparency" in im.info:
-                im = im.convert("RGBA")
-            elif im.mode == "L" and "transparency" in im.info:
-                im = im.convert("LA")
-            mode = im.mode
-            arr = np.asarray(im)
+            return raw_from_pil(im, path)
     except ImageIOError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageIOError(f"{path}: cannot read PNG: {e}") from None
+
+
+def raw_from_pil(im, where: str = "the image", bitdepth: Optional[int] = None) -> RawImage:
+    """A Pillow image as a :class:`RawImage`: RGB or gray, 8 bit, or 16-bit gray.
+
+    Palette and 1-bit images become RGB or gray; an alpha channel is dropped
+    when fully opaque and refused otherwise. ``bitdepth`` (9..16) says how many
+    bits a 16-bit gray image (modes ``I;16*``, ``I``) really uses; default 16.
+    """
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode == "RGB" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    elif im.mode == "L" and "transparency" in im.info:
+        im = im.convert("LA")
+    mode = im.mode
+    arr = np.asarray(im)
     if mode in ("I;16", "I;16B", "I;16L", "I"):
-        if int(arr.min()) < 0 or int(arr.max()) > 65535:
-            raise ImageIOError(f"{path}: 16-bit gray PNG with out-of-range samples")
-        return RawImage((arr.astype(np.uint16),), "gray", 16)
+        depth = 16 if bitdepth is None else bitdepth
+        if not 9 <= depth <= 16:
+            raise ImageIOError(f"{where}: a 16-bit gray image holds 9 to 16 bits, not bitdepth={bitdepth}")
+        if int(arr.min()) < 0 or int(arr.max()) >= 1 << depth:
+            raise ImageIOError(f"{where}: 16-bit gray image with samples outside [0, {(1 << depth) - 1}]")
+        return RawImage((arr.astype(np.uint16),), "gray", depth)
+    if bitdepth not in (None, 8):
+        raise ImageIOError(f"{where}: a Pillow image of mode {mode} holds 8-bit samples, not bitdepth={bitdepth}")
     if mode == "L":
         return RawImage((np.ascontiguousarray(arr),), "gray", 8)
     if mode == "LA":
-        planes = _drop_opaque_alpha(np.moveaxis(arr, -1, 0), 255, path)
+        planes = _drop_opaque_alpha(np.moveaxis(arr, -1, 0), 255, where)
         return RawImage((np.ascontiguousarray(planes[0]),), "gray", 8)
     if mode in ("RGB", "RGBA"):
         planes = np.moveaxis(arr, -1, 0)
         if mode == "RGBA":
-            planes = _drop_opaque_alpha(planes, 255, path)
+            planes = _drop_opaque_alpha(planes, 255, where)
         return RawImage(tuple(np.ascontiguousarray(p) for p in planes), "rgb", 8)
-    raise ImageIOError(f"{path}: PNG of Pillow mode {mode!r} is not supported")
+    raise ImageIOError(f"{where}: Pillow mode {mode!r} is not supported (use RGB, L or I;16)")
+
+
+def raw_from_array(arr, bitdepth: Optional[int] = None, where: str = "the array") -> RawImage:
+    """An H x W x 3 (RGB) or H x W (gray) integer array as a :class:`RawImage`.
+
+    uint8 arrays are 8 bit; uint16 arrays need ``bitdepth`` (9..16), the bits
+    their samples really use (10-bit video in uint16 is common), and every
+    sample must fit in it. Anything else raises :class:`ConfigError`.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ConfigError(f"{where}: expected an H x W x 3 (RGB) or H x W (gray) array, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        if bitdepth not in (None, 8):
+            raise ConfigError(f"{where}: a uint8 array holds 8-bit samples, not bitdepth={bitdepth}")
+        depth = 8
+    elif arr.dtype == np.uint16:
+        if bitdepth is None:
+            raise ConfigError(f"{where}: a uint16 array needs bitdepth= (9..16), the bits its samples use")
+        if not (isinstance(bitdepth, int) and 9 <= bitdepth <= 16):
+            raise ConfigError(f"{where}: bitdepth of a uint16 array must be 9..16, got {bitdepth!r}")
+        depth = bitdepth
+        if arr.size and int(arr.max()) >= 1 << depth:
+            raise ConfigError(f"{where}: sample {int(arr.max())} does not fit in bitdepth={depth}")
+    else:
+        raise ConfigError(f"{where}: expected a uint8 or uint16 array, got dtype {arr.dtype}")
+    _check_size(arr.shape[1], arr.shape[0], where)
+    if arr.ndim == 2:
+        return RawImage((np.ascontiguousarray(arr),), "gray", depth)
+    return RawImage(tuple(np.ascontiguousarray(arr[:, :, c]) for c in range(3)), "rgb", depth)
 
 
 def _png_bytes(img: RawImage, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:

@@ -11,6 +11,7 @@ the bitstream (and optionally the ONNX graphs) on disk atomically.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import torch
 
+from coolchic import __version__
 from coolchic.decoder_runtime import decode
 from coolchic.decoder_runtime.atomic_file import atomic_write_bytes
 from coolchic.decoder_runtime.errors import ConfigError, EncodeError
@@ -28,7 +30,7 @@ from coolchic.export.bitstream_writer import WrittenBitstream, write_bitstream
 from .frame_encoder import FrameEncoder
 from .presets import decoder_config_to_param, load_decoder_config, load_encoder_preset
 from .state import export_state, float_rate_per_grid
-from .train import EncoderPreset, ProgressInfo, encode_frame
+from .train import EncoderPreset, ProgressCallback, ProgressInfo, encode_frame
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,20 @@ def _progress_bar(total: int, enabled: bool):
     return bar, callback
 
 
+def _progress_log(every: int, stream=None) -> ProgressCallback:
+    """One line per ``every`` iterations on ``stream`` (stderr): progress where no bar can be drawn."""
+    next_line = [every]
+
+    def callback(info: ProgressInfo) -> None:
+        if info.iteration < next_line[0]:
+            return
+        next_line[0] = (info.iteration // every + 1) * every
+        print(f"coolchic: {info.stage} itr {info.iteration}/{info.total_iterations} loss {info.loss:.6f} "
+              f"psnr {info.psnr_db:.2f} dB rate {info.rate_bpp:.4f} bpp", file=stream or sys.stderr, flush=True)
+
+    return callback
+
+
 def encode_image(
     image: RawImage,
     lmbda: float = 1e-3,
@@ -109,10 +125,13 @@ def encode_image(
     seed: int = 0,
     n_substreams: Optional[int] = None,
     progress: bool = False,
+    log_every: Optional[int] = None,
 ) -> EncodedImage:
     """Overfit a decoder to ``image`` and return a verified bitstream.
 
     ``n_substreams``: independent latent substreams (None: one per 256 rows).
+    ``progress``: a tqdm bar on stderr; ``log_every``: instead, a line on
+    stderr every that many iterations (loss, PSNR, rate), for logs and CI.
     Raises ConfigError for bad options, EncodeError if the bitstream does not
     decode to what the encoder computed.
     """
@@ -128,6 +147,11 @@ def encode_image(
     n_substreams = n_substreams or default_substreams(image.height)
     t0 = time.perf_counter()
     bar, callback = _progress_bar(enc_preset.total_iterations, progress)
+    if callback is None and log_every:
+        print(f"coolchic {__version__}: {image.width}x{image.height} {image.frame_data_type} {image.bitdepth}-bit, "
+              f"lambda {lmbda:g}, preset {preset}, dec-cfg {dec_cfg}, {enc_preset.total_iterations} iterations",
+              file=sys.stderr, flush=True)
+        callback = _progress_log(log_every)
     try:
         result = encode_frame(
             image, param, enc_preset, lmbda,

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from coolchic import __version__
 from coolchic.decoder_runtime.cli import positive_int
 
 PROG = "coolchic-encode"
@@ -45,6 +46,29 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def add_effort_options(group) -> None:
+    """--preset, --n-itr, --substreams: shared with coolchic-encode-batch."""
+    group.add_argument("--preset", default="fast", metavar="NAME", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
+    group.add_argument("--n-itr", "--n_itr", type=positive_int, metavar="N", help="override the iterations of the preset's main (soft-round) phase")
+    group.add_argument("--substreams", type=int, default=None, choices=range(1, 65), metavar="1..64",
+                       help="independent latent substreams, decodable in parallel (default: one per 256 rows)")
+
+
+def add_decoder_options(p: argparse.ArgumentParser) -> None:
+    """--dec-cfg and the reference-style overrides: shared with coolchic-encode-batch."""
+    dec = p.add_argument_group("decoder configuration (override --dec-cfg)")
+    dec.add_argument("--dec-cfg", "--dec_cfg", default="mop", metavar="NAME", help="vlop, lop, mop, hop, vhop or a .cfg path. Default mop")
+    dec.add_argument("--arm", metavar="X,Y", help="ARM as <context and hidden width>,<hidden layers>, e.g. 16,2")
+    dec.add_argument("--layers-synthesis", "--layers_synthesis", dest="layers_synthesis", metavar="LAYERS",
+                     help="synthesis layers <out>-<kernel>-<linear|residual>-<relu|none>, comma separated")
+    dec.add_argument("--upsampling-kernel-size", "--upsampling_kernel_size", dest="upsampling_kernel_size",
+                     type=int, metavar="K", help="upsampling transposed-convolution kernel size (even, >= 4)")
+    dec.add_argument("--static-upsampling-kernel", "--static_upsampling_kernel", dest="static_upsampling_kernel",
+                     action="store_true", default=None, help="do not learn (nor transmit) the upsampling kernels")
+    dec.add_argument("--n-ft-per-res", "--n_ft_per_res", dest="n_ft_per_res", metavar="LIST",
+                     help="features per latent resolution, e.g. 1,1,1,1,1,1,1 (only 1s are supported)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -68,29 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     rd = p.add_argument_group("rate-distortion and effort")
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
                     help="rate constraint: loss = MSE + lmbda * rate (bpp). Default 1e-3")
-    rd.add_argument("--preset", default="fast", metavar="NAME", help="encoder preset (debug, fast, medium, slow or a .cfg). Default fast")
-    rd.add_argument("--n-itr", "--n_itr", type=positive_int, metavar="N", help="override the iterations of the preset's main (soft-round) phase")
-    rd.add_argument("--substreams", type=int, default=None, choices=range(1, 65), metavar="1..64",
-                    help="independent latent substreams, decodable in parallel (default: one per 256 rows)")
-
-    dec = p.add_argument_group("decoder configuration (override --dec-cfg)")
-    dec.add_argument("--dec-cfg", "--dec_cfg", default="mop", metavar="NAME", help="vlop, lop, mop, hop, vhop or a .cfg path. Default mop")
-    dec.add_argument("--arm", metavar="X,Y", help="ARM as <context and hidden width>,<hidden layers>, e.g. 16,2")
-    dec.add_argument("--layers-synthesis", "--layers_synthesis", dest="layers_synthesis", metavar="LAYERS",
-                     help="synthesis layers <out>-<kernel>-<linear|residual>-<relu|none>, comma separated")
-    dec.add_argument("--upsampling-kernel-size", "--upsampling_kernel_size", dest="upsampling_kernel_size",
-                     type=int, metavar="K", help="upsampling transposed-convolution kernel size (even, >= 4)")
-    dec.add_argument("--static-upsampling-kernel", "--static_upsampling_kernel", dest="static_upsampling_kernel",
-                     action="store_true", default=None, help="do not learn (nor transmit) the upsampling kernels")
-    dec.add_argument("--n-ft-per-res", "--n_ft_per_res", dest="n_ft_per_res", metavar="LIST",
-                     help="features per latent resolution, e.g. 1,1,1,1,1,1,1 (only 1s are supported)")
+    add_effort_options(rd)
+    add_decoder_options(p)
 
     run = p.add_argument_group("execution")
     run.add_argument("--workdir", type=Path, metavar="DIR", help="logs, archi.txt and checkpoints; an interrupted run resumes from here")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training device (default cpu)")
     run.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for training (default: all cores, at most 8)")
     run.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--log-every", type=int, default=100, metavar="N",
+                     help="when stderr is not a terminal (logs, CI), a progress line every N iterations "
+                     "instead of a bar (default 100; 0: none)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar nor progress lines")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -98,6 +112,22 @@ def decoder_overrides(args: argparse.Namespace) -> dict:
     """The reference-style decoder options given on the command line."""
     keys = ("arm", "layers_synthesis", "upsampling_kernel_size", "static_upsampling_kernel", "n_ft_per_res")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def _unwritable(args: argparse.Namespace) -> Optional[str]:
+    """Why an output place cannot be written, checked before training rather than after it."""
+    from coolchic.decoder_runtime.atomic_file import check_writable_dir
+
+    places = [("output directory", args.output.parent, False), ("workdir", args.workdir, True),
+              ("--export-onnx directory", args.export_onnx, True)]
+    for what, path, create in places:
+        if path is None:
+            continue
+        try:
+            check_writable_dir(path, create=create)
+        except OSError as e:
+            return f"cannot write to the {what} {path}: {e.strerror or e}"
+    return None
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -125,6 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _fail(f"output is a directory: {args.output}")
         if not args.output.parent.exists():
             return _fail(f"output directory does not exist: {args.output.parent}")
+        problem = _unwritable(args)
+        if problem:
+            return _fail(problem)
         image = read_image(
             args.input, width=args.width, height=args.height,
             frame_data_type=args.frame_data_type, bitdepth=args.bitdepth, frame_index=args.frame,
@@ -147,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             seed=args.seed,
             n_substreams=args.substreams,
             progress=not args.quiet and sys.stderr.isatty(),
+            log_every=None if args.quiet or sys.stderr.isatty() else max(0, args.log_every),
         )
         write_outputs(result, args.output, args.export_onnx)
     except KeyboardInterrupt:

@@ -33,7 +33,7 @@ def _read_cfg_text(kind: str, name_or_path: str) -> Tuple[str, str]:
                 return f.read(), p
         except OSError as e:
             raise ConfigError(f"cannot read configuration file {p}: {e.strerror}") from None
-    res = importlib.resources.files("cfg").joinpath(kind, p + ".cfg")
+    res = importlib.resources.files("coolchic.cfg").joinpath(kind, p + ".cfg")
     if not res.is_file():
         known = DECODER_CONFIGS if kind == "dec" else ENCODER_PRESETS
         raise ConfigError(f"unknown {'decoder configuration' if kind == 'dec' else 'encoder preset'} {p!r}; "

@@ -1,8 +1,10 @@
 """Training of a FrameEncoder: warm-up among random initialisations, then
 training phases (SOAP on the networks, Adam on the latents, cosine learning
 rate, linear soft-round temperature and noise schedules, patience; see
-``optim.py``), network quantization, with a checkpoint after every stage
-so that an interrupted encoding resumes where it stopped.
+``optim.py``), network quantization, with a checkpoint after every stage and
+every ``checkpoint_every`` iterations inside a training phase (optimizer and
+random state included, so a resumed phase continues as if never stopped), so
+that an interrupted encoding loses at most that much work.
 
 Entry point: :func:`encode_frame`. The CLI drives a progress bar through the
 ``callback`` argument (see :class:`ProgressInfo`).
@@ -22,6 +24,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from coolchic import __version__
 from coolchic.decoder_runtime.errors import ConfigError, EncodeError
 
 from .complexity import archi_table
@@ -38,6 +41,9 @@ from .rdoq import rdoq_model
 MODULES_TO_OPTIMIZE = ("all", "latent", "arm", "ifce", "upsampling", "synthesis")
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
+# Iterations between checkpoints inside a training phase: at most this much
+# work is lost to an interruption (about 20 s of a 512x768 image on 8 cores).
+CHECKPOINT_EVERY = 200
 
 
 @dataclass(frozen=True)
@@ -207,8 +213,16 @@ def train_phase(
     stage: str = "",
     counter: Optional[_Counter] = None,
     callback_every: int = 10,
+    save_progress: Optional[Callable[[dict], None]] = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    resume_from: Optional[dict] = None,
 ) -> PhaseResult:
-    """Train ``frame_encoder`` in place for one phase; keeps the best validated state."""
+    """Train ``frame_encoder`` in place for one phase; keeps the best validated state.
+
+    ``save_progress(state)`` is called every ``checkpoint_every`` iterations
+    with what :func:`train_phase` needs, given back as ``resume_from`` (with
+    ``frame_encoder`` holding the parameters of that moment), to go on.
+    """
     counter = counter or _Counter(0, phase.max_itr)
     net_params, latent_params = _parameters_to_optimize(frame_encoder, phase.optimized_module)
     if phase.quantizer_type == "hardround":
@@ -225,14 +239,21 @@ def train_phase(
         # Training moves the networks off their quantization grid.
         cc.reset_quantization_info()
 
-    best = evaluate(frame_encoder, frame, lmbda)
-    best_loss, best_itr = float(best.loss), 0
-    best_state = frame_encoder.get_param()
+    if resume_from is None:
+        best = evaluate(frame_encoder, frame, lmbda)
+        best_loss, best_itr, first = float(best.loss), 0, 1
+        best_state = frame_encoder.get_param()
+    else:
+        optimizer.load_state_dict(resume_from["optimizer"])
+        best_loss, best_itr = resume_from["best_loss"], resume_from["best_itr"]
+        best_state = resume_from["best_state"]
+        first = resume_from["itr"] + 1
+        torch.set_rng_state(resume_from["rng"])  # the same quantization noise as an uninterrupted run
     stopped_early = False
     noise_pair = phase.noise_parameter or (warmup_noise_level(lmbda),) * 2
     nn_rate = NetworkRateProxy(cc.named_transmitted_params()) if phase.network_rate_weight and net_params else None
-    itr = 0
-    for itr in range(1, phase.max_itr + 1):
+    itr = first - 1
+    for itr in range(first, phase.max_itr + 1):
         frac = (itr - 1) / phase.max_itr
         if phase.schedule_lr:
             set_lr(optimizer, cosine_lr(phase.lr, frac))
@@ -269,6 +290,9 @@ def train_phase(
             elif itr - best_itr >= phase.patience:
                 stopped_early = True
                 break
+        if save_progress is not None and itr % checkpoint_every == 0 and itr < phase.max_itr:
+            save_progress({"itr": itr, "optimizer": optimizer.state_dict(), "best_loss": best_loss,
+                           "best_itr": best_itr, "best_state": best_state, "rng": torch.get_rng_state()})
     # Skipped iterations still count, so a progress bar ends full.
     counter.done += phase.max_itr - itr
     frame_encoder.set_param(best_state)
@@ -326,7 +350,8 @@ def _fingerprint(frame: FrameData, param: CoolChicEncoderParameter, preset: Enco
 
 
 def _save_checkpoint(path: str, stage_done: int, fe: FrameEncoder, fingerprint: str, iterations: int,
-                     seconds: float, log: List[str]) -> None:
+                     seconds: float, log: List[str], in_phase: Optional[dict] = None) -> None:
+    """``in_phase``: the state of the stage after ``stage_done``, part-trained (see train_phase)."""
     blob = {
         "version": CHECKPOINT_VERSION,
         "stage_done": stage_done,
@@ -335,6 +360,7 @@ def _save_checkpoint(path: str, stage_done: int, fe: FrameEncoder, fingerprint: 
         "iterations": iterations,
         "seconds": seconds,
         "log": list(log),
+        "in_phase": in_phase,
     }
     tmp = path + ".tmp"
     torch.save(blob, tmp)
@@ -368,6 +394,7 @@ def encode_frame(
     seed: int = 0,
     callback: Optional[ProgressCallback] = None,
     callback_every: int = 10,
+    checkpoint_every: int = CHECKPOINT_EVERY,
     frame_type: str = "I",
     num_threads: Optional[int] = None,
     n_substreams: int = 1,
@@ -376,7 +403,8 @@ def encode_frame(
 
     ``coolchic_param.img_size`` is set from the frame. With ``workdir``, writes
     ``archi.txt``, ``log.txt`` and a checkpoint after each stage (warm-up, each
-    training phase); ``resume=True`` continues from that checkpoint.
+    training phase) and every ``checkpoint_every`` iterations of a training
+    phase; ``resume=True`` continues from that checkpoint.
     ``callback`` gets a ProgressInfo every ``callback_every`` iterations and at
     every validation. On the CPU, torch threads default to the available cores.
     ``n_substreams``: the stripes the bitstream will use; training sees the
@@ -409,6 +437,7 @@ def encode_frame(
     ckpt_path = os.path.join(workdir, CHECKPOINT_NAME) if workdir else None
     fe: Optional[FrameEncoder] = None
     first_stage, iterations_before, seconds_before, log = 0, 0, 0.0, []
+    in_phase: Optional[dict] = None
     if workdir:
         os.makedirs(workdir, exist_ok=True)
         if resume and os.path.exists(ckpt_path):
@@ -418,11 +447,19 @@ def encode_frame(
             fe.to_device(device)
             first_stage = blob["stage_done"] + 1
             iterations_before, seconds_before, log = blob["iterations"], blob["seconds"], blob["log"]
-            log.append(f"resumed after stage {stages[blob['stage_done']]}")
+            in_phase = blob.get("in_phase")
+            if in_phase is not None:
+                where = f"at iteration {in_phase['itr']} of {stages[first_stage]}"
+            else:
+                where = f"after stage {stages[blob['stage_done']]}"
+            log.append(f"resumed {where} by coolchic {__version__}")
         else:
             for stale in (ckpt_path, os.path.join(workdir, "log.txt")):
                 if os.path.exists(stale):
                     os.remove(stale)
+            log.append(f"coolchic {__version__}: lambda {lmbda:g}, preset {preset.preset_name}, seed {seed}")
+        with open(os.path.join(workdir, "log.txt"), "a") as f:
+            f.write(log[-1] + "\n")
     if fe is None and not preset.warmup:
         fe = make_candidate(0)
     if workdir:
@@ -439,7 +476,14 @@ def encode_frame(
             line = f"warmup: loss {float(res.loss):.6f} psnr {res.psnr_db:.3f} dB rate {res.total_rate_bpp:.4f} bpp"
         else:
             i = int(name[len("phase"):])
-            r = train_phase(fe, frame, preset.training_phases[i], lmbda, callback, name, counter, callback_every)
+            save_progress = None
+            if workdir:
+                def save_progress(state, k=k):
+                    _save_checkpoint(ckpt_path, k - 1, fe, fingerprint, counter.done,
+                                     seconds_before + time.time() - t_start, log, state)
+            r = train_phase(fe, frame, preset.training_phases[i], lmbda, callback, name, counter, callback_every,
+                            save_progress, checkpoint_every, in_phase)
+            in_phase = None
             line = (f"{name}: {r.iterations} itr{' (early stop)' if r.stopped_early else ''} loss {r.loss:.6f} "
                     f"psnr {r.psnr_db:.3f} dB rate {r.rate_bpp:.4f} bpp")
         log.append(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import coolchic
 from coolchic.decoder_runtime import decode
 from coolchic.decoder_runtime.image_io import read_image
 from coolchic.encoder import cli
@@ -166,3 +168,53 @@ def test_runtime_only_install_explains_missing_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "needs PyTorch" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("where", ["output", "workdir", "export"])
+def test_unwritable_places_fail_before_training(tiny_png, tmp_path, capsys, monkeypatch, where):
+    """A path under a regular file cannot be written (by root either): refused before any training."""
+    from coolchic.encoder import api
+
+    monkeypatch.setattr(api, "encode_image", lambda *a, **k: pytest.fail("training started"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    opts = {"output": ["-o", blocker / "x.cool"],
+            "workdir": ["-o", tmp_path / "x.cool", "--workdir", blocker / "w"],
+            "export": ["-o", tmp_path / "x.cool", "--export-onnx", blocker / "onnx"]}[where]
+    code, _, err = _run(["-i", tiny_png, *opts, *FAST], capsys)
+    what = {"output": "output directory", "workdir": "workdir", "export": "--export-onnx directory"}[where]
+    assert code == 2 and f"cannot write to the {what} {blocker}" in err and "Not a directory" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_directory_fails_before_training(tiny_png, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        code, _, err = _run(["-i", tiny_png, "-o", ro / "x.cool", *FAST], capsys)
+    finally:
+        ro.chmod(0o755)
+    assert code == 2 and "Permission denied" in err
+
+
+def test_progress_lines_outside_a_terminal(tiny_png, tmp_path, capsys):
+    args = ["-i", tiny_png, "-o", tmp_path / "x.cool", "--preset", "debug", "--dec-cfg", "vlop", "--threads", "1",
+            "--log-every", "10"]
+    code, _, err = _run(args, capsys)  # capsys: stderr is no terminal
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == f"coolchic {coolchic.__version__}: 48x32 rgb 8-bit, lambda 0.001, preset debug, dec-cfg vlop, 40 iterations"
+    steps = [line.split() for line in lines[1:]]
+    assert len(steps) >= 3 and all(s[0] == "coolchic:" and s[2] == "itr" and s[6] == "psnr" for s in steps)
+    its = [int(s[3].split("/")[0]) for s in steps]
+    buckets = [i // 10 for i in its]  # at most one line per 10 iterations
+    assert buckets == sorted(set(buckets)) and its[0] >= 10 and its[-1] == 40
+
+
+def test_version_in_the_workdir_log(tiny_png, tmp_path, capsys):
+    code, _, err = _run(["-i", tiny_png, "-o", tmp_path / "x.cool", *FAST, "--workdir", tmp_path / "w"], capsys)
+    assert code == 0, err
+    first = (tmp_path / "w" / "log.txt").read_text().splitlines()[0]
+    assert first == f"coolchic {coolchic.__version__}: lambda 0.001, preset debug, seed 0"

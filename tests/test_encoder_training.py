@@ -1,10 +1,13 @@
 """Training, quantization, save/load, export and checkpoint/resume on tiny frames."""
 
+import dataclasses
 import os
 
 import numpy as np
 import pytest
 import torch
+
+import coolchic
 
 from coolchic.decoder_runtime.arch import param_layout
 from coolchic.decoder_runtime.errors import EncodeError
@@ -220,7 +223,9 @@ def test_encode_frame_workdir_progress_and_resume(tmp_path):
     assert any(p.validation for p in seen) and all(p.psnr_db > 0 for p in seen if p.validation)
     archi = (tmp_path / "archi.txt").read_text()
     assert "| arm.mlp.0.weight" in archi and "MAC per decoded pixel" in archi
-    assert len((tmp_path / "log.txt").read_text().splitlines()) == 3
+    log = (tmp_path / "log.txt").read_text().splitlines()
+    assert log[0] == f"coolchic {coolchic.__version__}: lambda 0.001, preset {preset.preset_name}, seed 0"
+    assert [line.split(":")[0] for line in log[1:]] == ["warmup", "phase0", "phase1"]
     export_state(res.frame_encoder)
 
     # Interrupt during the last phase: the checkpoint after phase0 remains.
@@ -237,7 +242,38 @@ def test_encode_frame_workdir_progress_and_resume(tmp_path):
     res2 = encode_frame(raw, param, preset, LMBDA, workdir=str(wd), resume=True,
                         callback=lambda p: resumed_stages.append(p.stage))
     assert set(resumed_stages) == {"phase1"}
-    assert res2.log[-2] == "resumed after stage phase0" and res2.log[-1].startswith("phase1")
+    assert res2.log[-2] == f"resumed after stage phase0 by coolchic {coolchic.__version__}"
+    assert res2.log[-1].startswith("phase1")
     assert res2.iterations == preset.total_iterations
     with pytest.raises(EncodeError, match="another image"):
         encode_frame(raw, param, tiny_preset(12), LMBDA, workdir=str(wd), resume=True)
+
+
+def test_resume_inside_a_phase_continues_as_if_never_stopped(tmp_path):
+    """A checkpoint every 7 iterations of a 40-iteration phase: interrupted at
+    iteration 20 and resumed from iteration 14, the encoder ends bit-identical
+    to an uninterrupted run (optimizer, best state and random state restored)."""
+    raw = image(16, 24)
+    param = CoolChicEncoderParameter(**SMALL)
+    main = dataclasses.replace(PHASE, max_itr=40, freq_valid=10)
+    final = TrainerPhase(lr=1e-4, max_itr=4, freq_valid=4, quantizer_type="ste", quantizer_noise_type="none",
+                         softround_temperature=(1e-4, 1e-4), quantize_model=True)
+    preset = EncoderPreset("t", warmup=(), training_phases=(main, final))
+    whole = encode_frame(raw, param, preset, LMBDA, workdir=str(tmp_path / "a"), checkpoint_every=7)
+
+    def stop(p):
+        if p.iteration >= 20:
+            raise KeyboardInterrupt
+
+    wd = str(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        encode_frame(raw, param, preset, LMBDA, workdir=wd, checkpoint_every=7, callback=stop)
+    blob = torch.load(os.path.join(wd, "checkpoint.pt"), weights_only=True)
+    assert blob["stage_done"] == -1 and blob["in_phase"]["itr"] == 14
+    resumed = encode_frame(raw, param, preset, LMBDA, workdir=wd, resume=True, checkpoint_every=7)
+    assert "resumed at iteration 14 of phase0" in resumed.log[-3]
+    assert resumed.iterations == whole.iterations == 44
+    a, b = export_state(whole.frame_encoder), export_state(resumed.frame_encoder)
+    assert all(np.array_equal(x, y) for x, y in zip(a.latents, b.latents))
+    assert all(np.array_equal(a.q_params[k], b.q_params[k]) for k in a.q_params)
+    assert resumed.loss == whole.loss

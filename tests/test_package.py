@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from pathlib import Path
 from importlib import metadata
 
 import pytest
@@ -57,7 +58,24 @@ def test_wheel_holds_only_the_coolchic_namespace(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"coolchic", f"coolchic-{coolchic.__version__}.dist-info"}, tops
     for must in ("coolchic/decoder_runtime/range_coder.py", "coolchic/encoder/cli.py",
-                 "coolchic/export/bitstream_writer.py", "coolchic/cfg/dec/mop.cfg"):
+                 "coolchic/export/bitstream_writer.py", "coolchic/cfg/dec/mop.cfg", "coolchic/py.typed",
+                 f"coolchic-{coolchic.__version__}.dist-info/licenses/LICENSE"):
         assert must in names, must
     entry = zipfile.ZipFile(whl).read(f"coolchic-{coolchic.__version__}.dist-info/entry_points.txt").decode()
     assert "coolchic-decode = coolchic.decoder_runtime.cli:main" in entry
+    meta = zipfile.ZipFile(whl).read(f"coolchic-{coolchic.__version__}.dist-info/METADATA").decode()
+    assert "License-Expression: BSD-3-Clause" in meta
+
+
+def test_one_version_everywhere():
+    from coolchic import decoder_runtime
+
+    assert decoder_runtime.__version__ == coolchic.__version__
+
+
+@pytest.mark.parametrize("prog", ["coolchic-encode", "coolchic-decode"])
+def test_both_clis_print_the_version(prog):
+    exe = Path(sys.executable).parent / prog
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{prog} {metadata.version('coolchic')}"
