@@ -42,6 +42,17 @@ def to_raw_image(x: np.ndarray, frame_data_type: str, bitdepth: int) -> RawImage
     return RawImage(tuple(planes), frame_data_type, bitdepth)
 
 
+def run_graph(sess, feed: Mapping[str, np.ndarray], what: str) -> np.ndarray:
+    """The ``image`` output of the decoder graph; onnxruntime's untyped errors become :class:`InferenceError`."""
+    from .ort_session import ort_error_text
+
+    try:
+        (out,) = sess.run(["image"], feed)
+    except Exception as e:
+        raise InferenceError(f"onnxruntime failed to run the upsampling and synthesis of {what}: {ort_error_text(e)}") from e
+    return out
+
+
 def synthesize(
     arch: DecoderArch,
     float_params: Mapping[str, np.ndarray],
@@ -52,7 +63,7 @@ def synthesize(
 ) -> np.ndarray:
     """The clamped synthesis output ``(n_out, H, W)`` float32, run on onnxruntime."""
     from .onnx_graph import build_decoder_model_bytes, input_feed
-    from .ort_session import cached_session, ort_error_text
+    from .ort_session import cached_session
 
     t0 = time.perf_counter()
     model_bytes = build_decoder_model_bytes(arch, float_params)
@@ -60,13 +71,7 @@ def synthesize(
     sess = cached_session(model_bytes, provider, threads)
     t2 = time.perf_counter()
     feed = input_feed(arch, latents, common_randomness_grids(arch))
-    try:
-        (out,) = sess.run(["image"], feed)
-    except Exception as e:  # onnxruntime's errors are untyped; a caller gets a CoolChicError
-        raise InferenceError(
-            f"onnxruntime failed to run the upsampling and synthesis of a {arch.img_size[0]}x{arch.img_size[1]} "
-            f"frame: {ort_error_text(e)}"
-        ) from e
+    out = run_graph(sess, feed, f"a {arch.img_size[0]}x{arch.img_size[1]} frame")
     t3 = time.perf_counter()
     if timings is not None:
         timings["graph_build"] = t1 - t0
@@ -123,7 +128,7 @@ def reconstruct_tiles(
     share one onnxruntime session (all but the first and the last ones).
     """
     from .onnx_graph import build_decoder_model_bytes
-    from .ort_session import make_session, ort_error_text
+    from .ort_session import make_session
     from .tiling import can_split, plan_rows, tile_bounds, tile_feed, tile_key
 
     if not can_split(arch):
@@ -148,13 +153,7 @@ def reconstruct_tiles(
             t["graph_build"] += t1 - t0
             t["session"] += time.perf_counter() - t1
         t2 = time.perf_counter()
-        try:
-            (out,) = sess.run(["image"], tile_feed(arch, win, latents, seed))
-        except Exception as e:  # onnxruntime's errors are untyped; a caller gets a CoolChicError
-            raise InferenceError(
-                f"onnxruntime failed to run the upsampling and synthesis of rows {y0}-{y1} of a {h}x{w} frame: "
-                f"{ort_error_text(e)}"
-            ) from e
+        out = run_graph(sess, tile_feed(arch, win, latents, seed), f"rows {y0}-{y1} of a {h}x{w} frame")
         t3 = time.perf_counter()
         c0, c1 = (y0 // 2, y1 // 2) if arch.frame_data_type == "yuv420" else (y0, y1)
         write_code_values(out[0], arch.bitdepth, [planes[0][y0:y1]] + [p[c0:c1] for p in planes[1:]])

@@ -30,6 +30,7 @@ import numpy as np
 from coolchic.decoder_runtime.arch import DecoderArch, SynthesisLayer, modules_to_send, param_layout, parse_synthesis_layer
 from coolchic.decoder_runtime.bitstream import MAGIC
 from coolchic.decoder_runtime.expgolomb import module_kinds
+from coolchic.decoder_runtime.onnx_proto import leb128
 
 # ---- sections ----------------------------------------------------------------
 
@@ -56,19 +57,6 @@ class Sections:
     crc: Optional[int] = None  # None: recompute
     tail: bytes = b""  # bytes after the last substream, before the CRC (garbage)
     param_length: Optional[int] = None  # written instead of len(params) when fix_lengths is False
-
-
-def leb128(v: int) -> bytes:
-    out = bytearray()
-    v = int(v)
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 class _Cursor:
