@@ -21,7 +21,7 @@ from coolchic.decoder_runtime.frame import RawImage
 ENCODER_EXTRA_HINT = "pip install 'coolchic[encoder]'"
 # The keywords of encode() after the image (the Pillow plugin's save() passes these on).
 ENCODE_OPTIONS = ("lmbda", "preset", "dec_cfg", "bitdepth", "overrides", "n_itr", "n_substreams", "threads",
-                  "device", "workdir", "seed", "progress")
+                  "device", "workdir", "seed", "progress", "max_memory")
 
 
 def require_encoder(what: str = "coolchic.encode"):
@@ -76,6 +76,7 @@ def encode(
     workdir: Optional[Union[str, Path]] = None,
     seed: int = 0,
     progress: bool = False,
+    max_memory: Optional[int] = None,
 ) -> bytes:
     """Encode ``image`` and return the bitstream, checked by decoding it.
 
@@ -95,6 +96,6 @@ def encode(
     result = api.encode_image(
         raw, lmbda=lmbda, preset=preset, dec_cfg=dec_cfg, overrides=overrides, n_itr=n_itr,
         device=device, threads=threads, workdir=Path(workdir) if workdir is not None else None,
-        seed=seed, n_substreams=n_substreams, progress=progress,
+        seed=seed, n_substreams=n_substreams, progress=progress, max_memory=max_memory,
     )
     return result.bitstream

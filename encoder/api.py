@@ -126,10 +126,14 @@ def encode_image(
     n_substreams: Optional[int] = None,
     progress: bool = False,
     log_every: Optional[int] = None,
+    max_memory: Optional[int] = None,
 ) -> EncodedImage:
     """Overfit a decoder to ``image`` and return a verified bitstream.
 
     ``n_substreams``: independent latent substreams (None: one per 256 rows).
+    ``max_memory``: training memory budget in bytes (None: half the RAM); a
+    frame whose whole-frame training exceeds it trains in bands of rows
+    (``encoder/tiling.py``), with the same result up to float rounding.
     ``progress``: a tqdm bar on stderr; ``log_every``: instead, a line on
     stderr every that many iterations (loss, PSNR, rate), for logs and CI.
     Raises ConfigError for bad options, EncodeError if the bitstream does not
@@ -152,11 +156,18 @@ def encode_image(
               f"lambda {lmbda:g}, preset {preset}, dec-cfg {dec_cfg}, {enc_preset.total_iterations} iterations",
               file=sys.stderr, flush=True)
         callback = _progress_log(log_every)
+    def log_line(text: str) -> None:
+        if bar is not None:
+            bar.write(f"coolchic: {text}", file=sys.stderr)
+        elif progress or log_every:
+            print(f"coolchic: {text}", file=sys.stderr, flush=True)
+
     try:
         result = encode_frame(
             image, param, enc_preset, lmbda,
             workdir=str(workdir) if workdir else None, resume=workdir is not None,
             device=device, seed=seed, callback=callback, num_threads=threads, n_substreams=n_substreams,
+            max_memory=max_memory, log_fn=log_line,
         )
     finally:
         if bar is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,44 @@ class ArmIndices:
     n_ifce_src: int
 
 
+def grid_starts(arch: DecoderArch) -> List[int]:
+    """Offset of each coded grid in the flat vector of coded values (decoding order)."""
+    starts, s = [], 0
+    for g in arch.coded_grids():
+        starts.append(s)
+        s += g.h * g.w
+    return starts
+
+
+def ifce_table_index(arch: DecoderArch, starts: List[int]):
+    """``(index, blocks, rows)`` of the IFCE table: one block of rows per grid that has
+    an IFCE source, one row per pixel of that source, fed by its 3x3 patch (edges
+    replicated). ``index`` (rows * 9,) points into the flat latents (None without
+    IFCE); ``blocks[g.index]`` is the first row of grid g's block.
+    """
+    grids = arch.coded_grids()
+    blocks: Dict[int, int] = {}
+    n_src = 0
+    taps_all = []
+    if not arch.ifce_features:
+        return None, blocks, 0
+    for g in grids:
+        if g.ifce_source >= 0:
+            sg = grids[g.ifce_source]
+            blocks[g.index] = n_src
+            yy = torch.arange(sg.h)
+            xx = torch.arange(sg.w)
+            taps = []
+            for dy in (-1, 0, 1):  # rows then columns, edges replicated
+                for dx in (-1, 0, 1):
+                    ry = (yy + dy).clamp(0, sg.h - 1)
+                    rx = (xx + dx).clamp(0, sg.w - 1)
+                    taps.append((starts[sg.index] + ry[:, None] * sg.w + rx[None, :]).reshape(-1))
+            taps_all.append(torch.stack(taps, dim=1).reshape(-1))
+            n_src += sg.h * sg.w
+    return (torch.cat(taps_all) if taps_all else None), blocks, n_src
+
+
 @functools.lru_cache(maxsize=4)
 def build_arm_indices(arch: DecoderArch, n_substreams: int = 1) -> ArmIndices:
     """Gather indices of the ARM input for every coded value of ``arch``.
@@ -59,32 +97,12 @@ def build_arm_indices(arch: DecoderArch, n_substreams: int = 1) -> ArmIndices:
     grids = arch.coded_grids()
     c, d, nf = arch.spatial_context_arm, arch.arm_input_dim, arch.ifce_features
     offsets = arm_context_offsets(c)
-    starts, s = [], 0
-    for g in grids:
-        starts.append(s)
-        s += g.h * g.w
-    n = s
+    starts = grid_starts(arch)
+    n = starts[-1] + grids[-1].h * grids[-1].w
     # int32 indices halve the memory traffic of index_select; fall back when too big.
     idx_dtype = torch.int32 if (n + 1) * max(d, 9) + n < (1 << 31) - 1 else torch.int64
 
-    # IFCE table: one block per grid that serves as a source, rows = its pixels.
-    src_block = {}
-    n_src = 0
-    ifce_in = []
-    for g in grids:
-        if nf and g.ifce_source >= 0:
-            sg = grids[g.ifce_source]
-            src_block[g.index] = n_src
-            yy = torch.arange(sg.h)
-            xx = torch.arange(sg.w)
-            taps = []
-            for dy in (-1, 0, 1):  # rows then columns, edges replicated
-                for dx in (-1, 0, 1):
-                    ry = (yy + dy).clamp(0, sg.h - 1)
-                    rx = (xx + dx).clamp(0, sg.w - 1)
-                    taps.append((starts[sg.index] + ry[:, None] * sg.w + rx[None, :]).reshape(-1))
-            ifce_in.append(torch.stack(taps, dim=1).reshape(-1))
-            n_src += sg.h * sg.w
+    ifce_in, src_block, n_src = ifce_table_index(arch, starts)
 
     u_parts, grad_parts, f_rows, f_pix = [], [], [], []
     for g in grids:
@@ -129,7 +147,7 @@ def build_arm_indices(arch: DecoderArch, n_substreams: int = 1) -> ArmIndices:
         grid_starts=tuple(starts),
         u_index=u_index,
         grad_index=grad_index,
-        ifce_input_index=torch.cat(ifce_in).to(idx_dtype) if ifce_in else None,
+        ifce_input_index=ifce_in.to(idx_dtype) if ifce_in is not None else None,
         ifce_src_rows=torch.cat(f_rows) if f_rows else None,
         ifce_src_pixels=torch.cat(f_pix) if f_pix else None,
         n_ifce_src=n_src,
@@ -172,8 +190,9 @@ class Ifce(nn.Module):
         init_linear_weight_(self.weight)
         nn.init.zeros_(self.bias)
 
-    def forward(self, flat: Tensor, idx: ArmIndices) -> Tensor:
-        v = flat.index_select(0, idx.ifce_input_index).view(idx.n_ifce_src, 9)
+    def forward(self, flat: Tensor, index: Tensor, n_rows: int) -> Tensor:
+        """The IFCE table (n_rows, F) of the flat latents (``index``: see :func:`ifce_table_index`)."""
+        v = flat.index_select(0, index).view(n_rows, 9)
         return torch.relu(F.linear(v, self.weight, self.bias))
 
 
@@ -331,7 +350,7 @@ class ArmMLP(nn.Module):
 
 def arm_input(flat: Tensor, ifce: Optional[Ifce], idx: ArmIndices, n_context: int, input_dim: int) -> Tensor:
     """(N, D) ARM inputs of every coded value: causal context, then IFCE features."""
-    feats = ifce(flat, idx) if ifce is not None else flat.new_zeros(0)
+    feats = ifce(flat, idx.ifce_input_index, idx.n_ifce_src) if ifce is not None else flat.new_zeros(0)
     return _GatherArmInput.apply(flat, feats, idx, n_context, input_dim)
 
 

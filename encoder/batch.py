@@ -82,6 +82,7 @@ class EncodeOptions:
     n_substreams: Optional[int] = None
     threads: int = 1
     seed: int = 0
+    max_memory: Optional[int] = None  # per task
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ def run_job(job: Job, options: EncodeOptions) -> Outcome:
             image, lmbda=job.lmbda, preset=options.preset, dec_cfg=options.dec_cfg,
             overrides=dict(options.overrides), n_itr=options.n_itr, threads=options.threads,
             workdir=Path(job.workdir), seed=options.seed, n_substreams=options.n_substreams,
+            max_memory=options.max_memory,
         )
         api.write_outputs(result, Path(job.output))
         encode_s = time.perf_counter() - t0
@@ -344,6 +346,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     options = EncodeOptions(
         preset=args.preset, dec_cfg=args.dec_cfg, overrides=tuple(sorted(decoder_overrides(args).items())),
         n_itr=args.n_itr, n_substreams=args.substreams, threads=args.threads, seed=args.seed,
+        max_memory=args.max_memory,
     )
     from tqdm import tqdm
 

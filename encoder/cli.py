@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from coolchic import __version__
-from coolchic.decoder_runtime.cli import positive_int
+from coolchic.decoder_runtime.cli import memory_size, positive_int
 
 PROG = "coolchic-encode"
 
@@ -52,6 +52,9 @@ def add_effort_options(group) -> None:
     group.add_argument("--n-itr", "--n_itr", type=positive_int, metavar="N", help="override the iterations of the preset's main (soft-round) phase")
     group.add_argument("--substreams", type=int, default=None, choices=range(1, 65), metavar="1..64",
                        help="independent latent substreams, decodable in parallel (default: one per 256 rows)")
+    group.add_argument("--max-memory", "--max_memory", dest="max_memory", type=memory_size, metavar="SIZE",
+                       help="training memory budget, e.g. 4G: a larger frame trains in bands of rows, "
+                       "same result (default: half the machine's RAM)")
 
 
 def add_decoder_options(p: argparse.ArgumentParser) -> None:
@@ -179,6 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             workdir=args.workdir,
             seed=args.seed,
             n_substreams=args.substreams,
+            max_memory=args.max_memory,
             progress=not args.quiet and sys.stderr.isatty(),
             log_every=None if args.quiet or sys.stderr.isatty() else max(0, args.log_every),
         )

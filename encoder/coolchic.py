@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,12 +28,15 @@ from coolchic.decoder_runtime.arch import (
 )
 from coolchic.decoder_runtime.common_randomness import common_randomness_grids
 from coolchic.decoder_runtime.errors import ConfigError
+from coolchic.decoder_runtime.tiling import RowWindow
 
 from . import complexity
 from .arm import ArmIndices, ArmMLP, Ifce, arm_input, build_arm_indices, laplace_rate, split_flat
+from .arm_chunks import ArmChunks, build_arm_chunks, chunked_arm_outputs, chunked_latent_rate, rate_backward
 from .nn_rate import exp_golomb_nbits, quantize_to_int
 from .quantizer import DEFAULT_ENCODER_GAIN, LATENT_LIMIT, quantize
 from .synthesis import Synthesis
+from .tiling import TilePlan, render_banded, synthesize_banded
 from .upsampling import Upsampling
 
 # {module: {"weight": x, "bias": y}}, as the reference's DescriptorCoolChic.
@@ -172,6 +175,7 @@ class CoolChicEncoder(nn.Module):
         self.synthesis = Synthesis(arch.synthesis_in_channels, arch.layers_synthesis, arch.n_out,
                                    arch.linear_stabiliser_synth)
 
+        self.tile_plan: Optional[TilePlan] = None
         self.set_n_substreams(1)
 
         # Network quantization results (None until quantize_model ran): shift s of the
@@ -200,23 +204,35 @@ class CoolChicEncoder(nn.Module):
 
     def set_n_substreams(self, n_substreams: int) -> None:
         """Train with the context of ``n_substreams`` stripes per grid (what the bitstream codes)."""
-        idx = build_arm_indices(self.arch, int(n_substreams))
         self.n_substreams = int(n_substreams)
-        self._arm_static = (idx.n, idx.grid_starts, idx.n_ifce_src)
-        for name in ("u_index", "grad_index", "ifce_input_index", "ifce_src_rows", "ifce_src_pixels"):
-            t = getattr(idx, name)
-            t = t if t is not None else torch.zeros(0, dtype=torch.int64)
-            old = getattr(self, f"_arm_{name}", None)
-            self.register_buffer(f"_arm_{name}", t.to(old.device) if old is not None else t, persistent=False)
+        self._arm_idx: Optional[ArmIndices] = None  # built on first use: large frames never need it
+        self._arm_chunks: Optional[ArmChunks] = None
+
+    def set_tile_plan(self, plan: Optional[TilePlan]) -> None:
+        """Compute large frames in bands and ARM chunks (``tiling.py``); None: whole frame."""
+        self.tile_plan = plan
+        self._arm_chunks = None
+
+    def _device(self) -> torch.device:
+        return self.arm.mlp[-1].weight.device
 
     def arm_indices(self) -> ArmIndices:
-        n, starts, n_src = self._arm_static
+        idx = self._arm_idx
+        dev = self._device()
+        if idx is None or idx.u_index.device != dev:
+            idx = build_arm_indices(self.arch, self.n_substreams)
+            if dev.type != "cpu":
+                idx = dataclasses.replace(idx, **{f.name: getattr(idx, f.name).to(dev) for f in dataclasses.fields(idx)
+                                                  if isinstance(getattr(idx, f.name), Tensor)})
+            self._arm_idx = idx
+        return idx
 
-        def opt(t):
-            return t if t.numel() else None
-
-        return ArmIndices(n, starts, self._arm_u_index, self._arm_grad_index, opt(self._arm_ifce_input_index),
-                          opt(self._arm_ifce_src_rows), opt(self._arm_ifce_src_pixels), n_src)
+    def arm_chunks(self) -> ArmChunks:
+        ch = self._arm_chunks
+        if ch is None:
+            ch = build_arm_chunks(self.arch, self.n_substreams, self.tile_plan.chunk_values).to(self._device())
+            self._arm_chunks = ch
+        return ch
 
     def named_transmitted_params(self, module: Optional[str] = None) -> "OrderedDict[str, nn.Parameter]":
         """Every transmitted tensor in ``param_layout`` order (optionally one module's)."""
@@ -253,22 +269,69 @@ class CoolChicEncoder(nn.Module):
     def arm_outputs(self, flat_hat: Tensor) -> Tuple[Tensor, Tensor]:
         """(mu, ln b) of every coded value, (N,) each."""
         a = self.arch
+        if self.tile_plan is not None:
+            self._no_grad_when_tiled(flat_hat)
+            return chunked_arm_outputs(flat_hat, self.arm, self.ifce, self.arm_chunks(), a.arm_input_dim)
         u = arm_input(flat_hat, self.ifce, self.arm_indices(), a.spatial_context_arm, a.arm_input_dim)
         return self.arm(u)
 
     def latent_rate(self, flat_hat: Tensor) -> Tensor:
+        if self.tile_plan is not None:
+            self._no_grad_when_tiled(flat_hat)
+            return chunked_latent_rate(flat_hat, self.arm, self.ifce, self.arm_chunks(), self.arch.arm_input_dim)
         mu, log_scale = self.arm_outputs(flat_hat)
         return laplace_rate(flat_hat, mu, log_scale)
+
+    def rate_backward(self, flat_hat: Tensor, scale: float, grad_flat: Tensor) -> float:
+        """Bits of ``flat_hat``; adds ``scale`` times their gradient into the ARM's and
+        IFCE's ``.grad`` and into ``grad_flat`` (chunk by chunk when tiled)."""
+        a = self.arch
+        if self.tile_plan is not None:
+            return rate_backward(flat_hat, self.arm, self.ifce, self.arm_chunks(), a.spatial_context_arm,
+                                 a.arm_input_dim, scale, grad_flat)
+        y = flat_hat.detach().requires_grad_()
+        bits = self.latent_rate(y).sum()
+        (bits * scale).backward()
+        grad_flat += y.grad
+        return float(bits.detach())
+
+    def _no_grad_when_tiled(self, t: Tensor) -> None:
+        if torch.is_grad_enabled() and t.requires_grad:
+            raise RuntimeError("a tiled CoolChicEncoder computes gradients with tiling.tiled_backward only")
+
+    def synthesis_grids(self, flat_hat: Tensor) -> List[Tensor]:
+        """The (h, w) latent grids that feed the upsampling, finest first (views of ``flat_hat``)."""
+        a = self.arch
+        latents: List[Optional[Tensor]] = [None] * a.n_latent_grids
+        for g, t in zip(self.coded, split_flat(flat_hat, a)):
+            if not g.hyper:
+                latents[g.latent_index] = t
+        return latents
+
+    def dense_from_rows(self, rows: Sequence[Tensor], window: RowWindow) -> Tensor:
+        """Rows ``window.dense_rows[0]`` of the synthesis input from the rows
+        ``window.latent_rows[i]`` of each latent grid (``rows[i]``, (rows, w))."""
+        a = self.arch
+        grids = [r[None, None] for r in rows]
+        if a.flag_common_randomness:
+            grids = [torch.cat([g, getattr(self, f"common_randomness_{i}")[:, :, r0:r1]], dim=0)
+                     for i, (g, (r0, r1)) in enumerate(zip(grids, window.latent_rows))]
+        x = self.upsampling.forward_rows(grids, a.latent_grid_sizes(), window)
+        b, n, h, w = x.shape
+        return x.reshape(1, b * n, h, w)
+
+    def synthesize(self, dense: Tensor) -> Tensor:
+        """``synthesis(dense)``, band by band when tiled (no gradient then)."""
+        if self.tile_plan is not None:
+            self._no_grad_when_tiled(dense)
+            return synthesize_banded(self, dense, self.tile_plan)
+        return self.synthesis(dense)
 
     def dense_latent(self, flat_hat: Tensor, no_common_randomness: bool = False,
                      only_common_randomness: bool = False) -> Tensor:
         """Upsampled synthesis input (1, C, H, W) (final upsampling included)."""
         a = self.arch
-        grids = split_flat(flat_hat, a)
-        latents: List[Optional[Tensor]] = [None] * a.n_latent_grids
-        for g, t in zip(self.coded, grids):
-            if not g.hyper:
-                latents[g.latent_index] = t[None, None]
+        latents = [t[None, None] for t in self.synthesis_grids(flat_hat)]
         if a.flag_common_randomness:
             stacked = [
                 torch.cat([lat, getattr(self, f"common_randomness_{i}")], dim=0) for i, lat in enumerate(latents)
@@ -305,7 +368,10 @@ class CoolChicEncoder(nn.Module):
         )
         mu, log_scale = self.arm_outputs(flat_hat)
         rate = laplace_rate(flat_hat, mu, log_scale)
-        raw = self.synthesis(self.dense_latent(flat_hat, no_common_randomness, only_common_randomness))
+        if self.tile_plan is not None and not (no_common_randomness or only_common_randomness):
+            raw = render_banded(self, flat_hat, self.tile_plan)
+        else:
+            raw = self.synthesis(self.dense_latent(flat_hat, no_common_randomness, only_common_randomness))
         extra: Dict[str, Any] = {}
         if flag_additional_outputs:
             extra["latents"] = split_flat(flat_hat.detach(), self.arch)

@@ -112,7 +112,7 @@ def hard_rounded(frame_encoder: FrameEncoder, frame):
 def decoded_mse(frame_encoder: FrameEncoder, frame, dense) -> float:
     """MSE of the decoded frame (output rounded to the bit depth) from the synthesis input ``dense``."""
     cc = frame_encoder.coolchic_encoder
-    out = frame_encoder.postprocess(cc.synthesis(dense), dense.new_zeros(0))
+    out = frame_encoder.postprocess(cc.synthesize(dense), dense.new_zeros(0))
     sse, n = squared_error_and_count(out.decoded_planes, frame.planes)
     return float(sse) / n
 

@@ -31,12 +31,13 @@ from .complexity import archi_table
 from .coolchic import CoolChicEncoderParameter
 from .cpu import set_torch_threads
 from .frame_encoder import FrameData, FrameEncoder, as_frame_data, load_frame_encoder
-from .loss import LossFunctionOutput, loss_function
+from .loss import LossFunctionOutput, loss_function, psnr
 from .optim import clip_network_grad, cosine_lr, linear_schedule, make_optimizer, set_lr, warmup_noise_level
 from .nn_rate import NetworkRateProxy
 from .quantizemodel import quantize_model
 from .quantizer import QUANTIZER_NOISE_TYPES, QUANTIZER_TYPES, encoder_gain_for_lambda
 from .rdoq import rdoq_model
+from .tiling import plan_tiles, tiled_backward, whole_frame_training_bytes
 
 MODULES_TO_OPTIMIZE = ("all", "latent", "arm", "ifce", "upsampling", "synthesis")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -185,6 +186,32 @@ def evaluate(frame_encoder: FrameEncoder, frame: FrameData, lmbda: float) -> Los
     return res
 
 
+def loss_backward(frame_encoder: FrameEncoder, frame: FrameData, lmbda: float, quant: dict,
+                  nn_bits=0.0, compute_logs: bool = False) -> LossFunctionOutput:
+    """The training loss, its gradient accumulated into ``.grad``: whole frame, or
+    band by band when the encoder has a tile plan (``tiling.tiled_backward``, always with logs).
+
+    ``quant``: the quantizer keywords of ``FrameEncoder.forward``; ``nn_bits``:
+    the (differentiable) network rate in bits.
+    """
+    plan = frame_encoder.coolchic_encoder.tile_plan
+    if plan is None:
+        out = frame_encoder(**quant)
+        res = loss_function(out.decoded_planes, out.rate, frame.planes, lmbda, rate_mlp_bit=nn_bits,
+                            compute_logs=compute_logs)
+        res.loss.backward()
+        return res
+    step = tiled_backward(frame_encoder, frame.planes, lmbda, plan, **quant)
+    n_pixels = frame.height * frame.width
+    nn_bpp = 0.0
+    if isinstance(nn_bits, torch.Tensor):
+        (lmbda * nn_bits / n_pixels).backward()
+        nn_bpp = float(nn_bits.detach()) / n_pixels
+    return LossFunctionOutput(loss=torch.tensor(step.loss + lmbda * nn_bpp), mse=step.mse,
+                              rate_latent_bpp=step.rate_latent_bits / n_pixels, rate_nn_bpp=nn_bpp,
+                              psnr_db=psnr(step.mse))
+
+
 # ---- one phase ----------------------------------------------------------------
 def _parameters_to_optimize(frame_encoder: FrameEncoder, modules: Sequence[str]) -> Tuple[List, List]:
     """(network parameters, latent parameters) that ``modules`` selects."""
@@ -258,19 +285,14 @@ def train_phase(
         if phase.schedule_lr:
             set_lr(optimizer, cosine_lr(phase.lr, frac))
         log_now = callback is not None and itr % callback_every == 0
-        out = frame_encoder(
-            quantizer_noise_type=phase.quantizer_noise_type,
-            quantizer_type=phase.quantizer_type,
-            soft_round_temperature=linear_schedule(phase.softround_temperature, frac),
-            noise_parameter=linear_schedule(noise_pair, frac),
-        )
+        quant = dict(quantizer_noise_type=phase.quantizer_noise_type, quantizer_type=phase.quantizer_type,
+                     soft_round_temperature=linear_schedule(phase.softround_temperature, frac),
+                     noise_parameter=linear_schedule(noise_pair, frac))
+        optimizer.zero_grad(set_to_none=True)
         nn_bits = 0.0
         if nn_rate is not None:
             nn_bits = phase.network_rate_weight * nn_rate()
-        res = loss_function(out.decoded_planes, out.rate, frame.planes, lmbda, rate_mlp_bit=nn_bits,
-                            compute_logs=log_now)
-        optimizer.zero_grad(set_to_none=True)
-        res.loss.backward()
+        res = loss_backward(frame_encoder, frame, lmbda, quant, nn_bits, log_now)
         if net_params:
             clip_network_grad(net_params)
         optimizer.step()
@@ -398,6 +420,8 @@ def encode_frame(
     frame_type: str = "I",
     num_threads: Optional[int] = None,
     n_substreams: int = 1,
+    max_memory: Optional[int] = None,
+    log_fn: Optional[Callable[[str], None]] = None,
 ) -> EncodeResult:
     """Overfit a FrameEncoder to ``frame`` (RawImage or FrameData).
 
@@ -408,7 +432,9 @@ def encode_frame(
     ``callback`` gets a ProgressInfo every ``callback_every`` iterations and at
     every validation. On the CPU, torch threads default to the available cores.
     ``n_substreams``: the stripes the bitstream will use; training sees the
-    latent context they leave.
+    latent context they leave. ``max_memory``: training memory budget in bytes
+    (None: ``tiling.default_max_memory()``); above it the frame trains in
+    bands (``tiling.plan_tiles``), which ``log_fn`` (a line sink) is told.
     """
     if not lmbda > 0:
         raise ConfigError(f"lambda must be positive, got {lmbda}")
@@ -425,13 +451,19 @@ def encode_frame(
     if not any(p.quantize_model for p in preset.training_phases):
         raise ConfigError(f"preset {preset.preset_name!r} never quantizes the networks (no quantize_model phase)")
 
+    tile_plan = plan_tiles(param.to_arch(frame.frame_data_type, frame.bitdepth), max_memory)
+
+    def prepare(fe: FrameEncoder) -> FrameEncoder:
+        fe.coolchic_encoder.set_n_substreams(n_substreams)
+        fe.coolchic_encoder.set_tile_plan(tile_plan)
+        fe.to_device(device)
+        return fe
+
     def make_candidate(i: int) -> FrameEncoder:
         torch.manual_seed(seed * 1000 + i)
         fe = FrameEncoder(param, frame_type, frame.frame_data_type, frame.bitdepth)
         fe.reinitialize_parameters()
-        fe.coolchic_encoder.set_n_substreams(n_substreams)
-        fe.to_device(device)
-        return fe
+        return prepare(fe)
 
     fingerprint = _fingerprint(frame, param, preset, lmbda, seed, n_substreams)
     ckpt_path = os.path.join(workdir, CHECKPOINT_NAME) if workdir else None
@@ -442,9 +474,7 @@ def encode_frame(
         os.makedirs(workdir, exist_ok=True)
         if resume and os.path.exists(ckpt_path):
             blob = _load_checkpoint(ckpt_path, fingerprint)
-            fe = load_frame_encoder(io.BytesIO(blob["frame_encoder"]))
-            fe.coolchic_encoder.set_n_substreams(n_substreams)
-            fe.to_device(device)
+            fe = prepare(load_frame_encoder(io.BytesIO(blob["frame_encoder"])))
             first_stage = blob["stage_done"] + 1
             iterations_before, seconds_before, log = blob["iterations"], blob["seconds"], blob["log"]
             in_phase = blob.get("in_phase")
@@ -460,6 +490,16 @@ def encode_frame(
             log.append(f"coolchic {__version__}: lambda {lmbda:g}, preset {preset.preset_name}, seed {seed}")
         with open(os.path.join(workdir, "log.txt"), "a") as f:
             f.write(log[-1] + "\n")
+    if tile_plan is not None:
+        arch = param.to_arch(frame.frame_data_type, frame.bitdepth)
+        line = (f"{tile_plan.describe(arch)}: whole-frame training would take about "
+                f"{whole_frame_training_bytes(arch) / 2**30:.1f} GiB")
+        log.append(line)
+        if workdir:
+            with open(os.path.join(workdir, "log.txt"), "a") as f:
+                f.write(line + "\n")
+        if log_fn is not None:
+            log_fn(line)
     if fe is None and not preset.warmup:
         fe = make_candidate(0)
     if workdir:

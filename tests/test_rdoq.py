@@ -56,3 +56,18 @@ def test_rdoq_needs_a_quantized_model():
     fe = FrameEncoder(d2p(load_decoder_config("lop"), None, (16, 16)), "I", "rgb", 8)
     with pytest.raises(ValueError, match="quantize_model"):
         rdoq_model(fe, image(16, 16), LMBDA)
+
+
+def test_rdoq_stops_at_its_evaluation_cap(quantized):
+    from coolchic.encoder.rdoq import MAX_PIXEL_EVALUATIONS, evaluation_cap
+
+    fe, frame = quantized
+    state = fe.get_param()
+    before = evaluate(fe, frame, LMBDA)
+    res = rdoq_model(fe, frame, LMBDA, seed=1, max_evaluations=7)
+    assert res["evaluations"] == 7
+    assert res["cost_after"] <= res["cost_before"] == pytest.approx(float(before.loss), rel=1e-6)
+    fe.set_param(state)
+    # The default cap shrinks with the frame: 6 000 evaluations at 512x768, 196 at 12 Mpixel.
+    assert evaluation_cap(512 * 768) == 6000 == MAX_PIXEL_EVALUATIONS // (512 * 768)
+    assert evaluation_cap(4000 * 3000) == 196
