@@ -152,183 +152,159 @@ def new_scratch(net, cap):
                       np.zeros(cap, dt), np.zeros(cap, dt))
 
 
-@njit(inline="always")
 def _round_shift(acc, s):
+    """``acc * 2^-s`` rounded half up (numpy or Python integers)."""
     if s == 0:
         return acc
     return (acc + (1 << (s - 1))) >> s
 
 
-@njit(inline="always")
-def _clamp(v):
-    if v > ACT_MAX:
-        return ACT_MAX
-    if v < -ACT_MAX:
-        return -ACT_MAX
-    return v
-
-
-@njit(inline="always")
-def _dense_pair(src, din, n, w, o, acc0, acc1):
-    """``acc0 += w[o] . src``, ``acc1 += w[o+1] . src`` on the first ``n`` columns.
-
-    Two outputs share each load of ``src``, inputs go four at a time, pixels
-    innermost: LLVM vectorises the pixel loop (16 int32 lanes on AVX-512).
-    Any partial sum is bounded by ``sum |w| |src|``, which is what
-    :func:`int32_safe_latent_bound` bounds.
-    """
-    for k in range(0, din, GROUP):
-        a0, a1, a2, a3 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
-        b0, b1, b2, b3 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
-        if a0 == 0 and a1 == 0 and a2 == 0 and a3 == 0 and b0 == 0 and b1 == 0 and b2 == 0 and b3 == 0:
-            continue
-        s0, s1, s2, s3 = src[k], src[k + 1], src[k + 2], src[k + 3]
-        for p in range(n):
-            v0, v1, v2, v3 = s0[p], s1[p], s2[p], s3[p]
-            acc0[p] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
-            acc1[p] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
-
-
-@njit(inline="always")
-def _hidden_layer(src, din, n, w, b, shift, n_ctx, dst, acc0, acc1):
-    """``dst = clamp(relu(round_shift(w src + b) + src[:C]))`` for C outputs (C even)."""
-    for o in range(0, n_ctx, 2):
-        b0, b1 = b[o], b[o + 1]
-        for p in range(n):
-            acc0[p] = b0
-            acc1[p] = b1
-        _dense_pair(src, din, n, w, o, acc0, acc1)
-        for p in range(n):
-            v = _round_shift(acc0[p], shift) + src[o, p]
-            dst[o, p] = _clamp(v if v > 0 else 0)
-            v = _round_shift(acc1[p], shift) + src[o + 1, p]
-            dst[o + 1, p] = _clamp(v if v > 0 else 0)
-
-
-@njit(inline="always")
-def _head(h, dh, x, n, net, acc0, acc1, mu_int, frac, kidx):
-    """Output layer on ``h`` (``dh`` inputs) plus the stabiliser on ``x``, then (mu_int, frac, k)."""
-    b0, b1 = net.bo[0], net.bo[1]
-    for p in range(n):
-        acc0[p] = b0
-        acc1[p] = b1
-    _dense_pair(h, dh, n, net.wo, 0, acc0, acc1)
-    _dense_pair(x, net.dim, n, net.ws, 0, acc0, acc1)
-    shift = net.shift
-    for p in range(n):
-        mu_fix = _clamp(_round_shift(acc0[p], shift))
-        ls_fix = _clamp(_round_shift(acc1[p], shift))
-        mq = (mu_fix + (1 << (FRAC - MU_FRAC_BITS - 1))) >> (FRAC - MU_FRAC_BITS)
-        mu_int[p] = mq >> MU_FRAC_BITS
-        frac[p] = mq & ((1 << MU_FRAC_BITS) - 1)
-        kk = (ls_fix + _K_OFFSET) >> _K_SHIFT
-        if kk < 0:
-            kk = 0
-        elif kk > N_SCALE - 1:
-            kk = N_SCALE - 1
-        kidx[p] = kk
-
-
-@njit
+@njit(no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def arm_forward(x, n, net, scr, mu_int, frac, kidx):
     """Run the ARM on the first ``n`` columns of ``x`` ([net.dim, >= n], FRAC bits).
 
-    ``net`` is an :class:`ArmNet`, ``scr`` its :class:`ArmScratch`. Writes
-    ``mu_int`` (floor of mu), ``frac`` (mu's 1/16 part) and ``kidx`` (scale
-    index) of each column. With ``net64`` every input is exact; with
-    ``net32`` the caller guarantees the int32 bound (same integers then).
+    ``net`` is an :class:`ArmNet`, ``scr`` its :class:`ArmScratch`, ``x`` of
+    the net's integer type. Writes ``mu_int`` (floor of mu), ``frac`` (mu's
+    1/16 part) and ``kidx`` (scale index) of each column. With ``net64``
+    every input is exact; with ``net32`` the caller guarantees the int32
+    bound (same integers then). Callable from kernels only; from Python,
+    :func:`arm_forward_py`.
+
+    Every layer, hidden (``h = clamp(relu(round_shift(w src + b) + src[:C]))``)
+    or output (``w h + ws x + b``), runs the one dense loop below: two outputs
+    share each load of an input row, inputs go four at a time, pixels
+    innermost, so that LLVM vectorises the pixel loop (16 int32 lanes on
+    AVX-512). Any partial sum is bounded by ``sum |w| |src|``, which is what
+    :func:`int32_safe_latent_bound` bounds. One copy of that loop, no inlined
+    helpers, clamps as conditional expressions (numba compiles ``min`` and
+    ``max`` as functions of their own): numba compiles this kernel in under a
+    second (see bench/cold_start.py).
     """
     nh = net.n_hidden
-    if nh == 0:
-        _head(x, net.dim, x, n, net, scr.acc0, scr.acc1, mu_int, frac, kidx)
-        return
-    _hidden_layer(x, net.dim, n, net.wh[0], net.bh[0], net.shift, net.n_ctx, scr.h0, scr.acc0, scr.acc1)
-    for layer in range(1, nh):
-        src = scr.h0 if layer % 2 == 1 else scr.h1
-        dst = scr.h1 if layer % 2 == 1 else scr.h0
-        _hidden_layer(src, net.n_ctx, n, net.wh[layer], net.bh[layer], net.shift, net.n_ctx, dst,
-                      scr.acc0, scr.acc1)
-    last = scr.h0 if nh % 2 == 1 else scr.h1
-    _head(last, net.n_ctx, x, n, net, scr.acc0, scr.acc1, mu_int, frac, kidx)
+    n_ctx = net.n_ctx
+    shift = net.shift
+    half = (1 << (shift - 1)) if shift > 0 else 0
+    acc0, acc1 = scr.acc0, scr.acc1
+    src = x
+    for layer in range(nh + 1):
+        head = layer == nh
+        if head:
+            w, b, n_out = net.wo, net.bo, 2
+        else:
+            w, b, n_out = net.wh[layer], net.bh[layer], n_ctx
+        dst = scr.h0 if layer % 2 == 0 else scr.h1
+        for o in range(0, n_out, 2):
+            b0, b1 = b[o], b[o + 1]
+            for p in range(n):
+                acc0[p] = b0
+                acc1[p] = b1
+            # The output layer also adds the stabiliser (ws) on the ARM's input x.
+            for term in range(2 if head else 1):
+                if term == 0:
+                    s, ws, din = src, w, (net.dim if layer == 0 else n_ctx)
+                else:
+                    s, ws, din = x, net.ws, net.dim
+                for k in range(0, din, GROUP):
+                    a0, a1, a2, a3 = ws[o, k], ws[o, k + 1], ws[o, k + 2], ws[o, k + 3]
+                    c0, c1, c2, c3 = ws[o + 1, k], ws[o + 1, k + 1], ws[o + 1, k + 2], ws[o + 1, k + 3]
+                    if a0 == 0 and a1 == 0 and a2 == 0 and a3 == 0 and c0 == 0 and c1 == 0 and c2 == 0 and c3 == 0:
+                        continue
+                    s0, s1, s2, s3 = s[k], s[k + 1], s[k + 2], s[k + 3]
+                    for p in range(n):
+                        v0, v1, v2, v3 = s0[p], s1[p], s2[p], s3[p]
+                        acc0[p] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+                        acc1[p] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
+            if head:
+                for p in range(n):
+                    mu_fix = (acc0[p] + half) >> shift
+                    mu_fix = ACT_MAX if mu_fix > ACT_MAX else (-ACT_MAX if mu_fix < -ACT_MAX else mu_fix)
+                    ls_fix = (acc1[p] + half) >> shift
+                    ls_fix = ACT_MAX if ls_fix > ACT_MAX else (-ACT_MAX if ls_fix < -ACT_MAX else ls_fix)
+                    mq = (mu_fix + (1 << (FRAC - MU_FRAC_BITS - 1))) >> (FRAC - MU_FRAC_BITS)
+                    mu_int[p] = mq >> MU_FRAC_BITS
+                    frac[p] = mq & ((1 << MU_FRAC_BITS) - 1)
+                    kk = (ls_fix + _K_OFFSET) >> _K_SHIFT
+                    kidx[p] = N_SCALE - 1 if kk > N_SCALE - 1 else (0 if kk < 0 else kk)
+            else:
+                s0, s1, d0, d1 = src[o], src[o + 1], dst[o], dst[o + 1]
+                for p in range(n):
+                    v = ((acc0[p] + half) >> shift) + s0[p]
+                    d0[p] = ACT_MAX if v > ACT_MAX else (0 if v < 0 else v)
+                    v = ((acc1[p] + half) >> shift) + s1[p]
+                    d1[p] = ACT_MAX if v > ACT_MAX else (0 if v < 0 else v)
+        src = dst
 
 
 @njit
-def _fits_int32(wh, bh, wo, ws, bo, shift, n_hidden, n_ctx, dim, in_bound):
+def arm_forward_py(x, n, net, scr, mu_int, frac, kidx):
+    """:func:`arm_forward` called from Python (tests): the kernel itself is
+    compiled without the Python wrapper that would unbox its fifteen arrays,
+    compile time that no decode uses."""
+    arm_forward(x, n, net, scr, mu_int, frac, kidx)
+
+
+def _fits_int32(net: ArmNet, in_bound: np.ndarray) -> bool:
     """Whether every partial sum and activation of the ARM fits int32 for inputs bounded by ``in_bound``.
 
     Interval arithmetic on |values|: an accumulator is at most
     ``|b| + sum |w| B + 2^(shift-1)`` in magnitude, a rounded shift at most
     ``(A >> shift) + 1``, an activation that plus its residual input,
-    clamped to ACT_MAX.
+    clamped to ACT_MAX. Every term stays below 2^46: int64 holds them exactly.
     """
+    shift = net.shift
     half = (1 << (shift - 1)) if shift > 0 else 0
-    bnd = in_bound.copy()
-    nxt = np.zeros(n_ctx, dtype=np.int64)
-    for layer in range(n_hidden):
-        din = dim if layer == 0 else n_ctx
-        for o in range(n_ctx):
-            a = abs(bh[layer, o]) + half
-            for k in range(din):
-                a += abs(wh[layer, o, k]) * bnd[k]
-            if a > INT32_MAX:
-                return False
-            v = (a >> shift) + 1 + bnd[o]
-            if v > INT32_MAX:
-                return False
-            nxt[o] = min(v, ACT_MAX)
-        bnd = nxt.copy()
-    din = dim if n_hidden == 0 else n_ctx
-    for o in range(2):
-        a = abs(bo[o]) + half
-        for k in range(din):
-            a += abs(wo[o, k]) * bnd[k]
-        for k in range(dim):
-            a += abs(ws[o, k]) * in_bound[k]
-        if a > INT32_MAX:
+    bnd = in_bound
+    for layer in range(net.n_hidden):
+        din = net.dim if layer == 0 else net.n_ctx
+        a = np.abs(net.bh[layer]) + half + np.abs(net.wh[layer][:, :din]) @ bnd[:din]
+        if a.max() > INT32_MAX:
             return False
-    return True
+        v = (a >> shift) + 1 + bnd[:net.n_ctx]
+        if v.max() > INT32_MAX:
+            return False
+        bnd = np.minimum(v, ACT_MAX)
+    din = net.dim if net.n_hidden == 0 else net.n_ctx
+    a = np.abs(net.bo) + half + np.abs(net.wo[:, :din]) @ bnd[:din] + np.abs(net.ws) @ in_bound
+    return bool(a.max() <= INT32_MAX)
 
 
-@njit
-def int32_safe_latent_bound(net, feat_bound):
+def int32_safe_latent_bound(net: ArmNet, feat_bound: int) -> int:
     """Largest L <= MAX_LATENT such that, with context latents in [-L, L] and
     features in [0, feat_bound], :func:`arm_forward` on ``net32`` computes in
     int32 exactly what it computes on ``net64``; -1 if none.
 
-    The bound only grows with L, so a binary search finds it.
+    ``net`` is the int64 net. The bound only grows with L, so a binary search
+    finds it (numpy, microseconds: no kernel to compile).
     """
-    b = np.zeros(net.dim, dtype=np.int64)
+    net = ArmNet(*(np.asarray(a, dtype=np.int64) for a in net[:5]), *net[5:])
+    b = np.full(net.dim, min(int(feat_bound), 1 << 40), dtype=np.int64)
     lo, hi = -1, MAX_LATENT
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        for k in range(net.dim):
-            b[k] = (np.int64(mid) << FRAC) if k < net.n_ctx else feat_bound
-        if _fits_int32(net.wh, net.bh, net.wo, net.ws, net.bo, net.shift, net.n_hidden, net.n_ctx, net.dim, b):
+        b[:net.n_ctx] = mid << FRAC
+        if _fits_int32(net, b):
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-@njit
-def ifce_forward(src, w_ifce, b_ifce, shift, n_feat, out):
+def ifce_forward(src: np.ndarray, w_ifce: np.ndarray, b_ifce: np.ndarray, shift: int, n_feat: int,
+                 out: np.ndarray) -> None:
     """IFCE features of every pixel of the source grid ``src``, into ``out`` [>= F, sh, sw].
 
     Source pixel (y, x) reads its 3x3 neighbourhood, edges replicated. A
     pixel of the grid being decoded reads the features of its source pixel
     (see :func:`feature_pixel`), so they are computed once per source pixel.
+    Integer numpy (int64: |w| < 2^15, |src| << FRAC < 2^22, nine terms).
     """
     sh, sw = src.shape
-    for y in range(sh):
-        for x in range(sw):
-            for f in range(n_feat):
-                acc = b_ifce[f]
-                t = 0
-                for dy in range(-1, 2):
-                    yy = min(max(y + dy, 0), sh - 1)
-                    for dx in range(-1, 2):
-                        xx = min(max(x + dx, 0), sw - 1)
-                        acc += w_ifce[f, t] * (np.int64(src[yy, xx]) << FRAC)
-                        t += 1
-                r = _round_shift(acc, shift)
-                out[f, y, x] = _clamp(r if r > 0 else 0)
+    pad = np.pad(np.asarray(src, dtype=np.int64) << FRAC, 1, mode="edge")
+    for f in range(n_feat):
+        acc = np.full((sh, sw), int(b_ifce[f]), dtype=np.int64)
+        t = 0
+        for dy in range(3):
+            for dx in range(3):
+                acc += int(w_ifce[f, t]) * pad[dy:dy + sh, dx:dx + sw]
+                t += 1
+        out[f, :sh, :sw] = np.clip(_round_shift(acc, shift), 0, ACT_MAX)

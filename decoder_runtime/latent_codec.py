@@ -45,12 +45,13 @@ from .arch import DecoderArch, arm_context_offsets, stripe_bounds, wavefront_slo
 from .arm_int import (
     FRAC,
     MAX_LATENT,
+    ArmNet,
+    ArmScratch,
     IntArm,
     arm_forward,
     build_int_arm,
     ifce_forward,
     int32_safe_latent_bound,
-    new_scratch,
 )
 from .errors import BitstreamError
 from .jit import njit
@@ -73,6 +74,9 @@ from .range_coder import (
 MAX_ESCAPE_PREFIX = 16
 # Held while this process runs _decode_grid_parallel (see the module docstring).
 _parallel_launch = threading.Lock()
+# Status of a stripe that _decode_stripe stopped at a latent beyond the int32
+# ARM's bound (range_coder's statuses are 0..3): decoded again on int64.
+STATUS_WIDE = 4
 PAD = 4  # context reaches 4 rows up and 4 columns left/right (9x9 window)
 
 
@@ -95,7 +99,7 @@ class GridFeatures(NamedTuple):
     feat: np.ndarray  # int32 [dim - C, sh, sw]
     shift_down: int
     canon: np.ndarray  # int32 [dim - C]: the features of an all-zero source neighbourhood
-    bound: int  # max of feat: the features' bound for int32_safe_latent_bound
+    bound: int  # max of feat and canon: the features' bound for int32_safe_latent_bound
 
 
 class Coder(NamedTuple):
@@ -176,7 +180,8 @@ def gather_run(yp, base, step, n, offs, gf, row0, di, j0, dj, x, nz):
         ff = feat[f]
         cf = gf.canon[f]
         for p in range(n):
-            v = ff[min((row0 + di * p) >> sd, fy_max), min((j0 + dj * p) >> sd, fx_max)]
+            fy, fx = (row0 + di * p) >> sd, (j0 + dj * p) >> sd
+            v = ff[fy if fy < fy_max else fy_max, fx if fx < fx_max else fx_max]
             xf[p] = v
             nz[p] |= v != cf
     m = 0
@@ -207,47 +212,107 @@ def wave_rows(t, n_rows, w, slope):
     lo = 0
     if t > w - 1:
         lo = (t - (w - 1) + slope - 1) // slope
-    hi = min(n_rows - 1, t // slope)
+    hi = t // slope
+    if hi > n_rows - 1:
+        hi = n_rows - 1
     return lo, hi
 
 
+class StripeWork(NamedTuple):
+    """Work arrays of :func:`_decode_stripe`, allocated by the caller (:func:`stripe_work`).
+
+    The kernel allocates nothing: numba compiles an implementation of every
+    ``np.zeros``/``np.empty`` a kernel calls, a tenth of a second each on a
+    cold cache. With a leading stripe axis, the same for the parallel kernel.
+    """
+
+    x: np.ndarray  # [dim, cap], the net's type: ARM inputs of a wave
+    h0: np.ndarray  # [C, cap]: the ArmScratch of the net, flat (numba's parallel
+    h1: np.ndarray  # kernels take tuples of arrays, not nested tuples)
+    acc0: np.ndarray  # [cap]
+    acc1: np.ndarray  # [cap]
+    mu_int: np.ndarray  # int64 [cap]
+    frac: np.ndarray  # int64 [cap]
+    kidx: np.ndarray  # int64 [cap]
+    nz: np.ndarray  # uint8 [cap]
+    batch_of: np.ndarray  # int64 [cap]
+    yp: np.ndarray  # int32 [>= size], zeros: the stripe's skewed copy (stripe_layout)
+    offs: np.ndarray  # int64 [C]: context_offsets of the stripe
+
+
+def _stripe_shape(n_rows: int, w: int, slope: int):
+    """(cap, size, hs) of a stripe of ``n_rows`` rows: ARM columns, skewed copy length, column height."""
+    hs, _, size = stripe_layout.py_func(max(n_rows, 1), w, slope)
+    return max(1, min(n_rows, w // slope + 1)), size, hs
+
+
+def stripe_work(net: ArmNet, ctx: Context, rows: Sequence[int], w: int) -> StripeWork:
+    """Zeroed :class:`StripeWork` for stripes of ``rows[i]`` rows, stacked on a leading axis of len(rows)."""
+    shapes = [_stripe_shape(int(r), w, ctx.slope) for r in rows]
+    cap = max(c for c, _, _ in shapes)
+    size = max(z for _, z, _ in shapes)
+    k, dt = len(shapes), net.wh.dtype
+    offs = np.stack([context_offsets.py_func(ctx, hs) for _, _, hs in shapes])
+    return StripeWork(np.zeros((k, net.dim, cap), dt), np.zeros((k, net.n_ctx, cap), dt),
+                      np.zeros((k, net.n_ctx, cap), dt), np.zeros((k, cap), dt), np.zeros((k, cap), dt),
+                      np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64),
+                      np.zeros((k, cap), np.uint8), np.zeros((k, cap), np.int64), np.zeros((k, size), np.int32),
+                      offs)
+
+
+@njit(inline="always")
+def work_of(wk, s):
+    """Stripe ``s`` of a stacked :class:`StripeWork`."""
+    return StripeWork(wk.x[s], wk.h0[s], wk.h1[s], wk.acc0[s], wk.acc1[s], wk.mu_int[s],
+                      wk.frac[s], wk.kidx[s], wk.nz[s], wk.batch_of[s], wk.yp[s], wk.offs[s])
+
+
+def _work_row(wk: StripeWork, s: int) -> StripeWork:
+    """:func:`work_of` in Python."""
+    return StripeWork(*(a[s] for a in wk))
+
+
 @njit
-def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net32, net64, l_safe, coder):
+def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net, l_safe, coder, wk):
+    """Decode rows r0..r1-1 of ``y_grid`` from the substream ``buf`` (state ``st``), ARM on ``net``.
+
+    With ``net32``, ``l_safe`` is :func:`int32_safe_latent_bound`: the first
+    latent beyond it stops the stripe with ``STATUS_WIDE`` and the caller
+    decodes the stripe again on ``net64`` (``l_safe = MAX_LATENT``). The
+    stripe is restartable: ``st`` is written only at its end (its status
+    on failure) and so is ``y_grid``. Nothing in the bits depends on the
+    net's width: both decode the same latents. ``wk``: a fresh
+    :class:`StripeWork` of the net's type (its ``yp`` all zeros).
+    """
     n_rows = r1 - r0
     if n_rows <= 0:
         return
     w = y_grid.shape[1]
     slope = ctx.slope
-    n_ctx = net64.n_ctx
-    cap = min(n_rows, w // slope + 1)
-    x = np.zeros((net64.dim, cap), dtype=np.int32)
-    scr32 = new_scratch(net32, cap)
-    scr64 = new_scratch(net64, cap)
-    mu_int = np.empty(cap, dtype=np.int64)
-    frac = np.empty(cap, dtype=np.int64)
-    kidx = np.empty(cap, dtype=np.int64)
-    nz = np.empty(cap, dtype=np.uint8)
-    batch_of = np.empty(cap, dtype=np.int64)
+    n_ctx = net.n_ctx
+    x, mu_int, frac, kidx, nz, batch_of, yp, offs = wk.x, wk.mu_int, wk.frac, wk.kidx, wk.nz, wk.batch_of, wk.yp, wk.offs
+    scr = ArmScratch(wk.h0, wk.h1, wk.acc0, wk.acc1)
     hs, cpad, size = stripe_layout(n_rows, w, slope)
-    yp = np.zeros(size, dtype=np.int32)
-    offs = context_offsets(ctx, hs)
     # Contexts that are all zero (most of a fine grid's at low rates) all
     # give the ARM output of the all-zero context, computed once here: when
     # they are at least half of a wave, the ARM runs on the others only.
     # Identical integer inputs give identical outputs, so this changes the
-    # speed, not a single decoded value.
-    for f in range(net64.dim - n_ctx):
+    # speed, not a single decoded value. (GridFeatures.bound covers the
+    # canonical features, so net32 is exact on this input when l_safe >= 0.)
+    for f in range(net.dim - n_ctx):
         x[n_ctx + f, 0] = gf.canon[f]
-    arm_forward(x, 1, net64, scr64, mu_int, frac, kidx)
+    arm_forward(x, np.int64(1), net, scr, mu_int, frac, kidx)
     mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
     cum, offset, half_width = coder.cum, coder.offset, coder.half_width
     pos, code, rng = st[ST_POS], st[ST_CODE], st[ST_RANGE]
-    # Largest |latent| decoded so far: while it stays within l_safe, the
-    # int32 ARM gives the int64 ARM's integers (int32_safe_latent_bound).
-    amax = 0
     n_waves = (w - 1) + slope * (n_rows - 1) + 1
     for t in range(n_waves):
-        lo, hi = wave_rows(t, n_rows, w, slope)
+        lo = 0
+        if t > w - 1:
+            lo = (t - (w - 1) + slope - 1) // slope
+        hi = t // slope
+        if hi > n_rows - 1:
+            hi = n_rows - 1
         n = hi - lo + 1
         base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
         m = gather_run(yp, base0, 1, n, offs, gf, r0 + lo, 1, t - slope * lo, -slope, x, nz)
@@ -257,10 +322,7 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net32, net64, l_safe, coder
         else:
             m = compact_columns(x, n, nz, batch_of)
         if m > 0:
-            if amax <= l_safe:
-                arm_forward(x, m, net32, scr32, mu_int, frac, kidx)
-            else:
-                arm_forward(x, m, net64, scr64, mu_int, frac, kidx)
+            arm_forward(x, m, net, scr, mu_int, frac, kidx)
         base = base0
         for p in range(n):
             b = p if dense else batch_of[p]
@@ -271,17 +333,27 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net32, net64, l_safe, coder
             big_r = half_width[k]
             s, pos, code, rng = rc_symbol(buf, pos, code, rng, cum, offset[fr, k], 2 * big_r + 2)
             if s == 2 * big_r + 1:
-                sign, pos, code, rng = rc_bits(buf, pos, code, rng, 1)
+                # Escape: a sign bit, a unary prefix (zeros ended by a one),
+                # then ``prefix`` tail bits; one rc_bits call site for all
+                # (each inlined copy costs compile time, none speed).
+                sign = -1
                 prefix = 0
-                while True:
-                    bit, pos, code, rng = rc_bits(buf, pos, code, rng, 1)
-                    if bit == 1:
-                        break
-                    prefix += 1
-                    if prefix > MAX_ESCAPE_PREFIX:
-                        st[ST_STATUS] = STATUS_BAD_ESCAPE
-                        return
-                tail, pos, code, rng = rc_bits(buf, pos, code, rng, prefix)
+                tail = -1
+                while tail < 0:
+                    nbits = -prefix - 1 if prefix < 0 else 1
+                    bit, pos, code, rng = rc_bits(buf, pos, code, rng, nbits)
+                    if sign < 0:
+                        sign = bit
+                    elif prefix < 0:
+                        tail = bit
+                    elif bit == 1:
+                        prefix = -prefix - 1  # read: -1 - its length until the tail is read
+                    else:
+                        prefix += 1
+                        if prefix > MAX_ESCAPE_PREFIX:
+                            st[ST_STATUS] = STATUS_BAD_ESCAPE
+                            return
+                prefix = -prefix - 1
                 r = big_r + ((np.int64(1) << prefix) | tail)
                 if sign == 1:
                     r = -r
@@ -289,10 +361,9 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net32, net64, l_safe, coder
                 r = s - big_r
             v = mu + r
             a = v if v >= 0 else -v
-            if a > MAX_LATENT:
-                st[ST_STATUS] = STATUS_RANGE
+            if a > l_safe:
+                st[ST_STATUS] = STATUS_RANGE if a > MAX_LATENT else STATUS_WIDE
                 return
-            amax = max(amax, a)
             yp[base] = v
             base += 1
         if pos > buf.size + MAX_OVERREAD:
@@ -304,18 +375,12 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net32, net64, l_safe, coder
             y_grid[r0 + i, j] = yp[skew_index(i, j, hs, cpad, slope)]
 
 
-@njit
-def _decode_grid_serial(data, starts, ends, states, bounds, y_grid, gf, ctx, net32, net64, l_safe, coder):
-    for s in range(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1],
-                       gf, ctx, net32, net64, l_safe, coder)
-
-
 @njit(parallel=True)
-def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx, net32, net64, l_safe, coder):
+def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx, net, l_safe, coder, wk):
+    """:func:`_decode_stripe` of every stripe of a grid, one thread each (compiled only for threads > 1)."""
     for s in nb.prange(states.shape[0]):
         _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1],
-                       gf, ctx, net32, net64, l_safe, coder)
+                       gf, ctx, net, l_safe, coder, work_of(wk, s))
 
 
 def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.ndarray]) -> GridFeatures:
@@ -331,7 +396,7 @@ def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.nda
     zero = np.zeros((n_rows, 1, 1), dtype=np.int32)
     ifce_forward(np.zeros((1, 1), dtype=np.int32), arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, zero)
     canon[:] = zero[:, 0, 0]
-    return GridFeatures(feat, src_grid.level - grid.level, canon, int(feat.max(initial=0)))
+    return GridFeatures(feat, src_grid.level - grid.level, canon, max(int(feat.max(initial=0)), int(canon.max(initial=0))))
 
 
 def context_arrays(arch: DecoderArch) -> Context:
@@ -362,7 +427,8 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
     starts = ends - lengths
     states = np.zeros((n_sub, 4), dtype=np.int64)
     for s in range(n_sub):
-        decoder_init(data[starts[s]:ends[s]], states[s])
+        # The kernel's Python source: four bytes, not worth a kernel to compile.
+        decoder_init.py_func(data[starts[s]:ends[s]], states[s])
     threads = max(1, min(int(threads), n_sub, nb.config.NUMBA_NUM_THREADS))
     # One parallel launch at a time in the process (see the module docstring);
     # a caller that finds one running decodes its stripes serially, which
@@ -384,7 +450,6 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
 
 def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.ndarray]:
     n_sub = states.shape[0]
-    run = _decode_grid_parallel if parallel else _decode_grid_serial
     ctx, coder = context_arrays(arch), coder_tables()
     decoded: List[np.ndarray] = []
     for g in arch.coded_grids():
@@ -392,7 +457,27 @@ def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.nd
         gf = grid_features(arch, arm, g, decoded)
         l_safe = int32_safe_latent_bound(arm.net64, gf.bound)
         bounds = np.array(stripe_bounds(g.h, n_sub), dtype=np.int64).reshape(n_sub, 2)
-        run(data, starts, ends, states, bounds, y_grid, gf, ctx, arm.net32, arm.net64, l_safe, coder)
+        # The int32 ARM where the bound allows it; the int64 kernel is compiled
+        # and run only for the stripes that hold a latent beyond the bound.
+        net, l_net = (arm.net32, l_safe) if l_safe >= 0 else (arm.net64, MAX_LATENT)
+        rows = bounds[:, 1] - bounds[:, 0]
+        if parallel:
+            wk = stripe_work(net, ctx, rows, g.w)
+            _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx, net, l_net, coder, wk)
+            todo = [s for s in range(n_sub) if states[s, ST_STATUS] == STATUS_WIDE]
+        else:
+            todo = list(range(n_sub))
+        for s in todo:
+            buf = data[starts[s]:ends[s]]
+            r0, r1 = int(bounds[s, 0]), int(bounds[s, 1])
+            if not parallel:
+                wk = stripe_work(net, ctx, rows[s:s + 1], g.w)
+                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx, net, l_net, coder, _work_row(wk, 0))
+            if states[s, ST_STATUS] == STATUS_WIDE:
+                states[s, ST_STATUS] = STATUS_OK
+                wk = stripe_work(arm.net64, ctx, rows[s:s + 1], g.w)
+                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx, arm.net64, MAX_LATENT, coder,
+                               _work_row(wk, 0))
         bad = states[:, ST_STATUS]
         if np.any(bad != STATUS_OK):
             code = int(bad[bad != STATUS_OK][0])

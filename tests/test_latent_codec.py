@@ -84,11 +84,11 @@ def test_align_bias():
 
 
 def _arm_outputs(net, x):
-    from coolchic.decoder_runtime.arm_int import arm_forward, arm_scratch
+    from coolchic.decoder_runtime.arm_int import arm_forward_py, arm_scratch
 
     n = x.shape[1]
     out = [np.zeros(n, dtype=np.int64) for _ in range(3)]
-    arm_forward(x, n, net, arm_scratch(net, n), *out)
+    arm_forward_py(x.astype(net.wh.dtype), n, net, arm_scratch(net, n), *out)  # x of the net's type
     return np.stack(out)
 
 
