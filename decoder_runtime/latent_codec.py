@@ -219,7 +219,7 @@ def wave_rows(t, n_rows, w, slope):
 
 
 class StripeWork(NamedTuple):
-    """Work arrays of :func:`_decode_stripe`, allocated by the caller (:func:`stripe_work`).
+    """Work arrays of :func:`_decode_stripe`, allocated by the caller (:class:`_Workspace`).
 
     The kernel allocates nothing: numba compiles an implementation of every
     ``np.zeros``/``np.empty`` a kernel calls, a tenth of a second each on a
@@ -246,18 +246,39 @@ def _stripe_shape(n_rows: int, w: int, slope: int):
     return max(1, min(n_rows, w // slope + 1)), size, hs
 
 
-def stripe_work(net: ArmNet, ctx: Context, rows: Sequence[int], w: int) -> StripeWork:
-    """Zeroed :class:`StripeWork` for stripes of ``rows[i]`` rows, stacked on a leading axis of len(rows)."""
-    shapes = [_stripe_shape(int(r), w, ctx.slope) for r in rows]
-    cap = max(c for c, _, _ in shapes)
-    size = max(z for _, z, _ in shapes)
-    k, dt = len(shapes), net.wh.dtype
-    offs = np.stack([context_offsets.py_func(ctx, hs) for _, _, hs in shapes])
-    return StripeWork(np.zeros((k, net.dim, cap), dt), np.zeros((k, net.n_ctx, cap), dt),
-                      np.zeros((k, net.n_ctx, cap), dt), np.zeros((k, cap), dt), np.zeros((k, cap), dt),
-                      np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64),
-                      np.zeros((k, cap), np.uint8), np.zeros((k, cap), np.int64), np.zeros((k, size), np.int32),
-                      offs)
+class _Workspace:
+    """The :class:`StripeWork` of one decode, per integer type of the net: allocated
+    once, for the largest stripe of every grid (``stacked``: one per substream,
+    for the parallel kernel; else one), and prepared for each stripe."""
+
+    def __init__(self, arch: DecoderArch, ctx: Context, n_sub: int, stacked: bool):
+        shapes = [_stripe_shape(r1 - r0, g.w, ctx.slope)
+                  for g in arch.coded_grids() for r0, r1 in stripe_bounds(g.h, n_sub)]
+        self.cap = max(c for c, _, _ in shapes)
+        self.size = max(z for _, z, _ in shapes)
+        self.k = n_sub if stacked else 1
+        self.ctx = ctx
+        self._work = {}
+
+    def get(self, net: ArmNet, rows: Sequence[int], w: int) -> StripeWork:
+        """Work for stripes of ``rows[i]`` rows of a grid ``w`` wide (stacked on the first axis):
+        skewed copies zeroed, context offsets set."""
+        dt = np.dtype(net.wh.dtype)
+        if dt not in self._work:
+            k, cap, dt_ = self.k, self.cap, dt
+            self._work[dt] = StripeWork(
+                np.zeros((k, net.dim, cap), dt_), np.zeros((k, net.n_ctx, cap), dt_),
+                np.zeros((k, net.n_ctx, cap), dt_), np.zeros((k, cap), dt_), np.zeros((k, cap), dt_),
+                np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64),
+                np.zeros((k, cap), np.uint8), np.zeros((k, cap), np.int64), np.zeros((k, self.size), np.int32),
+                np.zeros((k, self.ctx.dys.size), np.int64))
+        wk = self._work[dt]
+        ctx = self.ctx
+        for i, r in enumerate(rows):
+            _, size, hs = _stripe_shape(int(r), w, ctx.slope)
+            wk.yp[i, :size] = 0  # cells never written read 0 (see skew_index)
+            wk.offs[i] = (ctx.dxs + ctx.slope * ctx.dys) * hs + ctx.dys  # context_offsets
+        return wk
 
 
 @njit(inline="always")
@@ -281,8 +302,9 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net, l_safe, coder, wk):
     decodes the stripe again on ``net64`` (``l_safe = MAX_LATENT``). The
     stripe is restartable: ``st`` is written only at its end (its status
     on failure) and so is ``y_grid``. Nothing in the bits depends on the
-    net's width: both decode the same latents. ``wk``: a fresh
-    :class:`StripeWork` of the net's type (its ``yp`` all zeros).
+    net's width: both decode the same latents. ``wk``: a :class:`StripeWork`
+    of the net's type, its ``yp`` zeroed and ``offs`` set for this stripe
+    (its other arrays are written before they are read).
     """
     n_rows = r1 - r0
     if n_rows <= 0:
@@ -299,6 +321,8 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net, l_safe, coder, wk):
     # Identical integer inputs give identical outputs, so this changes the
     # speed, not a single decoded value. (GridFeatures.bound covers the
     # canonical features, so net32 is exact on this input when l_safe >= 0.)
+    for c in range(n_ctx):
+        x[c, 0] = 0
     for f in range(net.dim - n_ctx):
         x[n_ctx + f, 0] = gf.canon[f]
     arm_forward(x, np.int64(1), net, scr, mu_int, frac, kidx)
@@ -451,33 +475,38 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
 def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.ndarray]:
     n_sub = states.shape[0]
     ctx, coder = context_arrays(arch), coder_tables()
+    work = _Workspace(arch, ctx, n_sub, stacked=parallel)
+    one = _Workspace(arch, ctx, n_sub, stacked=False) if parallel else work
     decoded: List[np.ndarray] = []
+    l_safe_of = {}
     for g in arch.coded_grids():
         y_grid = np.zeros((g.h, g.w), dtype=np.int32)
         gf = grid_features(arch, arm, g, decoded)
-        l_safe = int32_safe_latent_bound(arm.net64, gf.bound)
+        if gf.bound not in l_safe_of:  # grids without IFCE share theirs; the last one is a good first guess
+            hint = next(reversed(l_safe_of.values())) if l_safe_of else None
+            l_safe_of[gf.bound] = int32_safe_latent_bound(arm.net64, gf.bound, hint)
+        l_safe = l_safe_of[gf.bound]
         bounds = np.array(stripe_bounds(g.h, n_sub), dtype=np.int64).reshape(n_sub, 2)
         # The int32 ARM where the bound allows it; the int64 kernel is compiled
         # and run only for the stripes that hold a latent beyond the bound.
         net, l_net = (arm.net32, l_safe) if l_safe >= 0 else (arm.net64, MAX_LATENT)
         rows = bounds[:, 1] - bounds[:, 0]
         if parallel:
-            wk = stripe_work(net, ctx, rows, g.w)
+            wk = work.get(net, rows, g.w)
             _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx, net, l_net, coder, wk)
             todo = [s for s in range(n_sub) if states[s, ST_STATUS] == STATUS_WIDE]
         else:
-            todo = list(range(n_sub))
+            todo = range(n_sub)
         for s in todo:
             buf = data[starts[s]:ends[s]]
             r0, r1 = int(bounds[s, 0]), int(bounds[s, 1])
             if not parallel:
-                wk = stripe_work(net, ctx, rows[s:s + 1], g.w)
-                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx, net, l_net, coder, _work_row(wk, 0))
+                wk = _work_row(one.get(net, rows[s:s + 1], g.w), 0)
+                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx, net, l_net, coder, wk)
             if states[s, ST_STATUS] == STATUS_WIDE:
                 states[s, ST_STATUS] = STATUS_OK
-                wk = stripe_work(arm.net64, ctx, rows[s:s + 1], g.w)
-                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx, arm.net64, MAX_LATENT, coder,
-                               _work_row(wk, 0))
+                wk = _work_row(one.get(arm.net64, rows[s:s + 1], g.w), 0)
+                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx, arm.net64, MAX_LATENT, coder, wk)
         bad = states[:, ST_STATUS]
         if np.any(bad != STATUS_OK):
             code = int(bad[bad != STATUS_OK][0])

@@ -63,7 +63,7 @@ CHILD = textwrap.dedent(
             result["sha"] = h.hexdigest()
         except decoder_runtime.CoolChicError as e:
             result["error"] = str(e)
-    stats = latent_codec._decode_grid_serial.stats
+    stats = latent_codec._decode_stripe.stats  # the kernel every latent decode compiles or loads
     result["cache_path"] = stats.cache_path
     result["hits"] = sum(stats.cache_hits.values())
     result["misses"] = sum(stats.cache_misses.values())
