@@ -67,8 +67,7 @@ from .range_coder import (
     STATUS_OVERREAD,
     STATUS_RANGE,
     decoder_init,
-    rc_bits,
-    rc_symbol,
+    rc_step,
 )
 
 MAX_ESCAPE_PREFIX = 16
@@ -294,7 +293,7 @@ def _work_row(wk: StripeWork, s: int) -> StripeWork:
 
 
 @njit
-def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net, l_safe, coder, wk):
+def _decode_stripe(buf, st, y_grid, r0, r1, gf, slope, net, l_safe, coder, wk):
     """Decode rows r0..r1-1 of ``y_grid`` from the substream ``buf`` (state ``st``), ARM on ``net``.
 
     With ``net32``, ``l_safe`` is :func:`int32_safe_latent_bound`: the first
@@ -305,48 +304,56 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net, l_safe, coder, wk):
     net's width: both decode the same latents. ``wk``: a :class:`StripeWork`
     of the net's type, its ``yp`` zeroed and ``offs`` set for this stripe
     (its other arrays are written before they are read).
+
+    Compile time (a cold numba cache compiles this kernel and arm_forward, see
+    bench/cold_start.py) grows with every inlined call: one call site each of
+    arm_forward, gather_run and rc_step (symbols and escape bits alike).
     """
     n_rows = r1 - r0
     if n_rows <= 0:
         return
     w = y_grid.shape[1]
-    slope = ctx.slope
     n_ctx = net.n_ctx
     x, mu_int, frac, kidx, nz, batch_of, yp, offs = wk.x, wk.mu_int, wk.frac, wk.kidx, wk.nz, wk.batch_of, wk.yp, wk.offs
     scr = ArmScratch(wk.h0, wk.h1, wk.acc0, wk.acc1)
     hs, cpad, size = stripe_layout(n_rows, w, slope)
-    # Contexts that are all zero (most of a fine grid's at low rates) all
-    # give the ARM output of the all-zero context, computed once here: when
-    # they are at least half of a wave, the ARM runs on the others only.
-    # Identical integer inputs give identical outputs, so this changes the
-    # speed, not a single decoded value. (GridFeatures.bound covers the
-    # canonical features, so net32 is exact on this input when l_safe >= 0.)
-    for c in range(n_ctx):
-        x[c, 0] = 0
-    for f in range(net.dim - n_ctx):
-        x[n_ctx + f, 0] = gf.canon[f]
-    arm_forward(x, np.int64(1), net, scr, mu_int, frac, kidx)
-    mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
     cum, offset, half_width = coder.cum, coder.offset, coder.half_width
     pos, code, rng = st[ST_POS], st[ST_CODE], st[ST_RANGE]
+    mu0, frac0, k0 = np.int64(0), np.int64(0), np.int64(0)
     n_waves = (w - 1) + slope * (n_rows - 1) + 1
-    for t in range(n_waves):
-        lo = 0
-        if t > w - 1:
-            lo = (t - (w - 1) + slope - 1) // slope
-        hi = t // slope
-        if hi > n_rows - 1:
-            hi = n_rows - 1
-        n = hi - lo + 1
-        base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
-        m = gather_run(yp, base0, 1, n, offs, gf, r0 + lo, 1, t - slope * lo, -slope, x, nz)
-        dense = 2 * m > n
-        if dense:
-            m = n
+    for t in range(-1, n_waves):
+        if t < 0:
+            # Contexts that are all zero (most of a fine grid's at low rates)
+            # all give the ARM output of the all-zero context, computed once
+            # here: when they are at least half of a wave, the ARM runs on the
+            # others only. Identical integer inputs give identical outputs, so
+            # this changes the speed, not a single decoded value.
+            # (GridFeatures.bound covers the canonical features, so net32 is
+            # exact on this input when l_safe >= 0.)
+            for c in range(n_ctx):
+                x[c, 0] = 0
+            for f in range(net.dim - n_ctx):
+                x[n_ctx + f, 0] = gf.canon[f]
+            n, m, dense, base0 = 0, 1, True, 0
         else:
-            m = compact_columns(x, n, nz, batch_of)
+            lo = 0
+            if t > w - 1:
+                lo = (t - (w - 1) + slope - 1) // slope
+            hi = t // slope
+            if hi > n_rows - 1:
+                hi = n_rows - 1
+            n = hi - lo + 1
+            base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
+            m = gather_run(yp, base0, 1, n, offs, gf, r0 + lo, 1, t - slope * lo, -slope, x, nz)
+            dense = 2 * m > n
+            if dense:
+                m = n
+            else:
+                m = compact_columns(x, n, nz, batch_of)
         if m > 0:
             arm_forward(x, m, net, scr, mu_int, frac, kidx)
+        if t < 0:
+            mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
         base = base0
         for p in range(n):
             b = p if dense else batch_of[p]
@@ -355,34 +362,39 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net, l_safe, coder, wk):
             else:
                 mu, fr, k = mu_int[b], frac[b], kidx[b]
             big_r = half_width[k]
-            s, pos, code, rng = rc_symbol(buf, pos, code, rng, cum, offset[fr, k], 2 * big_r + 2)
-            if s == 2 * big_r + 1:
-                # Escape: a sign bit, a unary prefix (zeros ended by a one),
-                # then ``prefix`` tail bits; one rc_bits call site for all
-                # (each inlined copy costs compile time, none speed).
-                sign = -1
-                prefix = 0
-                tail = -1
-                while tail < 0:
-                    nbits = -prefix - 1 if prefix < 0 else 1
-                    bit, pos, code, rng = rc_bits(buf, pos, code, rng, nbits)
-                    if sign < 0:
-                        sign = bit
-                    elif prefix < 0:
-                        tail = bit
-                    elif bit == 1:
-                        prefix = -prefix - 1  # read: -1 - its length until the tail is read
+            off = offset[fr, k]
+            esc = 2 * big_r + 1
+            # A symbol; the escape symbol is followed by a sign bit, a unary
+            # prefix (zeros ended by a one) and ``prefix`` tail bits.
+            nbits = -1
+            phase = 0
+            sign = 0
+            prefix = 0
+            while True:
+                s, pos, code, rng = rc_step(buf, pos, code, rng, cum, off, esc + 1, nbits)
+                if phase == 0:
+                    if s != esc:
+                        r = s - big_r
+                        break
+                    phase = 1
+                    nbits = 1
+                elif phase == 1:
+                    sign = s
+                    phase = 2
+                elif phase == 2:
+                    if s == 1:
+                        phase = 3
+                        nbits = prefix
                     else:
                         prefix += 1
                         if prefix > MAX_ESCAPE_PREFIX:
                             st[ST_STATUS] = STATUS_BAD_ESCAPE
                             return
-                prefix = -prefix - 1
-                r = big_r + ((np.int64(1) << prefix) | tail)
-                if sign == 1:
-                    r = -r
-            else:
-                r = s - big_r
+                else:
+                    r = big_r + ((np.int64(1) << prefix) | s)
+                    if sign == 1:
+                        r = -r
+                    break
             v = mu + r
             a = v if v >= 0 else -v
             if a > l_safe:
@@ -400,11 +412,11 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net, l_safe, coder, wk):
 
 
 @njit(parallel=True)
-def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx, net, l_safe, coder, wk):
+def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, slope, net, l_safe, coder, wk):
     """:func:`_decode_stripe` of every stripe of a grid, one thread each (compiled only for threads > 1)."""
     for s in nb.prange(states.shape[0]):
         _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1],
-                       gf, ctx, net, l_safe, coder, work_of(wk, s))
+                       gf, slope, net, l_safe, coder, work_of(wk, s))
 
 
 def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.ndarray]) -> GridFeatures:
@@ -493,7 +505,7 @@ def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.nd
         rows = bounds[:, 1] - bounds[:, 0]
         if parallel:
             wk = work.get(net, rows, g.w)
-            _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx, net, l_net, coder, wk)
+            _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx.slope, net, l_net, coder, wk)
             todo = [s for s in range(n_sub) if states[s, ST_STATUS] == STATUS_WIDE]
         else:
             todo = range(n_sub)
@@ -502,11 +514,11 @@ def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.nd
             r0, r1 = int(bounds[s, 0]), int(bounds[s, 1])
             if not parallel:
                 wk = _work_row(one.get(net, rows[s:s + 1], g.w), 0)
-                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx, net, l_net, coder, wk)
+                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx.slope, net, l_net, coder, wk)
             if states[s, ST_STATUS] == STATUS_WIDE:
                 states[s, ST_STATUS] = STATUS_OK
                 wk = _work_row(one.get(arm.net64, rows[s:s + 1], g.w), 0)
-                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx, arm.net64, MAX_LATENT, coder, wk)
+                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx.slope, arm.net64, MAX_LATENT, coder, wk)
         bad = states[:, ST_STATUS]
         if np.any(bad != STATUS_OK):
             code = int(bad[bad != STATUS_OK][0])
