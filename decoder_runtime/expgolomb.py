@@ -11,7 +11,7 @@ quantize_model minimises.
 
 The reader never reads past the section, refuses prefixes longer than
 ``_MAX_PREFIX`` zeros, and its work is bounded by the section's length. Up to
-``PY_READER_MAX_VALUES`` values it is plain Python (a microsecond a value, no
+``PY_READER_MAX_VALUES`` (16 384) values it is plain Python (a microsecond a value, no
 kernel to compile on a cold cache); beyond, a numba kernel working on the
 packed bytes (a crafted section of a megabyte costs milliseconds). Both give
 the same outcome on any section. Every failure is a :class:`BitstreamError`.
@@ -166,8 +166,10 @@ def _read_fields_py(buf, field_sizes, out, headers, info):
 
 
 # Sections with more values than this are read by the numba kernel (compiled
-# on first use): a microsecond a value in Python, nanoseconds in the kernel.
-PY_READER_MAX_VALUES = 1 << 16
+# on first use): one to two microseconds a value in Python (at most 30 ms
+# here, however the section is crafted), nanoseconds in the kernel. The
+# architectures of cfg/dec have 313 (vlop) to 2 458 (vhop).
+PY_READER_MAX_VALUES = 1 << 14
 
 
 def read_network_params(section: bytes, arch: DecoderArch):

@@ -292,18 +292,19 @@ def _work_row(wk: StripeWork, s: int) -> StripeWork:
     return StripeWork(*(a[s] for a in wk))
 
 
-@njit
-def _decode_stripe(buf, st, y_grid, r0, r1, gf, slope, net, l_safe, coder, wk):
-    """Decode rows r0..r1-1 of ``y_grid`` from the substream ``buf`` (state ``st``), ARM on ``net``.
+@njit(no_cfunc_wrapper=True)
+def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
+    """Decode rows r0..r1-1 of a grid ``w`` wide from the substream ``buf`` (state ``st``), ARM on ``net``.
 
-    With ``net32``, ``l_safe`` is :func:`int32_safe_latent_bound`: the first
-    latent beyond it stops the stripe with ``STATUS_WIDE`` and the caller
-    decodes the stripe again on ``net64`` (``l_safe = MAX_LATENT``). The
-    stripe is restartable: ``st`` is written only at its end (its status
-    on failure) and so is ``y_grid``. Nothing in the bits depends on the
-    net's width: both decode the same latents. ``wk``: a :class:`StripeWork`
-    of the net's type, its ``yp`` zeroed and ``offs`` set for this stripe
-    (its other arrays are written before they are read).
+    The latents land in ``wk.yp``, the stripe's skewed copy (the caller
+    copies them out, :func:`_copy_out`). With ``net32``, ``l_safe`` is
+    :func:`int32_safe_latent_bound`: the first latent beyond it stops the
+    stripe with ``STATUS_WIDE`` and the caller decodes the stripe again on
+    ``net64`` (``l_safe = MAX_LATENT``). The stripe is restartable: ``st`` is
+    written only at its end (its status on failure). Nothing in the bits
+    depends on the net's width: both decode the same latents. ``wk``: a
+    :class:`StripeWork` of the net's type, its ``yp`` zeroed and ``offs`` set
+    for this stripe (its other arrays are written before they are read).
 
     Compile time (a cold numba cache compiles this kernel and arm_forward, see
     bench/cold_start.py) grows with every inlined call: one call site each of
@@ -312,7 +313,6 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, slope, net, l_safe, coder, wk):
     n_rows = r1 - r0
     if n_rows <= 0:
         return
-    w = y_grid.shape[1]
     n_ctx = net.n_ctx
     x, mu_int, frac, kidx, nz, batch_of, yp, offs = wk.x, wk.mu_int, wk.frac, wk.kidx, wk.nz, wk.batch_of, wk.yp, wk.offs
     scr = ArmScratch(wk.h0, wk.h1, wk.acc0, wk.acc1)
@@ -406,17 +406,26 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, slope, net, l_safe, coder, wk):
             st[ST_STATUS] = STATUS_OVERREAD
             return
     st[ST_POS], st[ST_CODE], st[ST_RANGE] = pos, code, rng
-    for i in range(n_rows):
-        for j in range(w):
-            y_grid[r0 + i, j] = yp[skew_index(i, j, hs, cpad, slope)]
 
 
 @njit(parallel=True)
-def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, slope, net, l_safe, coder, wk):
+def _decode_grid_parallel(data, starts, ends, states, bounds, w, gf, slope, net, l_safe, coder, wk):
     """:func:`_decode_stripe` of every stripe of a grid, one thread each (compiled only for threads > 1)."""
     for s in nb.prange(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1],
+        _decode_stripe(data[starts[s]:ends[s]], states[s], bounds[s, 0], bounds[s, 1], w,
                        gf, slope, net, l_safe, coder, work_of(wk, s))
+
+
+def _copy_out(yp: np.ndarray, y_grid: np.ndarray, r0: int, r1: int, slope: int) -> None:
+    """Rows r0..r1-1 of ``y_grid`` from the stripe's skewed copy ``yp`` (see :func:`skew_index`):
+    pixel (i, j) at ``cpad*hs + PAD + i*(slope*hs + 1) + j*hs``, one strided numpy copy."""
+    n_rows, w = r1 - r0, y_grid.shape[1]
+    if n_rows <= 0:
+        return
+    hs, cpad, _ = stripe_layout.py_func(n_rows, w, slope)
+    step = yp.itemsize
+    y_grid[r0:r1] = np.lib.stride_tricks.as_strided(
+        yp[cpad * hs + PAD:], shape=(n_rows, w), strides=((slope * hs + 1) * step, hs * step), writeable=False)
 
 
 def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.ndarray]) -> GridFeatures:
@@ -503,9 +512,13 @@ def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.nd
         # and run only for the stripes that hold a latent beyond the bound.
         net, l_net = (arm.net32, l_safe) if l_safe >= 0 else (arm.net64, MAX_LATENT)
         rows = bounds[:, 1] - bounds[:, 0]
+        slope = ctx.slope
         if parallel:
             wk = work.get(net, rows, g.w)
-            _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx.slope, net, l_net, coder, wk)
+            _decode_grid_parallel(data, starts, ends, states, bounds, g.w, gf, slope, net, l_net, coder, wk)
+            for s in range(n_sub):
+                if states[s, ST_STATUS] == STATUS_OK:
+                    _copy_out(wk.yp[s], y_grid, int(bounds[s, 0]), int(bounds[s, 1]), slope)
             todo = [s for s in range(n_sub) if states[s, ST_STATUS] == STATUS_WIDE]
         else:
             todo = range(n_sub)
@@ -514,11 +527,13 @@ def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.nd
             r0, r1 = int(bounds[s, 0]), int(bounds[s, 1])
             if not parallel:
                 wk = _work_row(one.get(net, rows[s:s + 1], g.w), 0)
-                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx.slope, net, l_net, coder, wk)
+                _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, net, l_net, coder, wk)
             if states[s, ST_STATUS] == STATUS_WIDE:
                 states[s, ST_STATUS] = STATUS_OK
                 wk = _work_row(one.get(arm.net64, rows[s:s + 1], g.w), 0)
-                _decode_stripe(buf, states[s], y_grid, r0, r1, gf, ctx.slope, arm.net64, MAX_LATENT, coder, wk)
+                _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, arm.net64, MAX_LATENT, coder, wk)
+            if states[s, ST_STATUS] == STATUS_OK:
+                _copy_out(wk.yp, y_grid, r0, r1, slope)
         bad = states[:, ST_STATUS]
         if np.any(bad != STATUS_OK):
             code = int(bad[bad != STATUS_OK][0])
