@@ -2,29 +2,21 @@
 
 Grids are decoded coarsest first (``arch.coded_grids()``).  Each grid is cut
 into horizontal stripes, one per substream; a stripe's context stops at its
-first row, so substreams decode independently (numba ``prange``, one thread
-each).  Inside a stripe, pixels are coded in wavefront order: pixel (i, j) at
-step ``j + K*i`` where K is ``arch.wavefront_slope`` — every context pixel of
-a wave is already decoded, so the ARM runs once per wave on all its pixels
-(vectorised integer arithmetic) instead of once per pixel.  The encoder
+first row, so substreams decode independently (one Python thread each with
+``threads`` > 1: the stripe kernel releases the GIL).  Inside a stripe, pixels
+are coded in wavefront order: pixel (i, j) at step ``j + K*i`` where K is
+``arch.wavefront_slope`` — every context pixel of a wave is already decoded,
+so the ARM runs once per wave on all its pixels (vectorised integer
+arithmetic) instead of once per pixel.  The encoder
 (export/latent_encoder.py) uses these very kernels and this order.
 
 Threads. :func:`decode_latent_grids` may be called from several Python
-threads at once (``decoder_runtime.decode`` is thread-safe). The kernels are
-pure functions of their arguments, except the one ``parallel=True`` kernel,
-whose launches go through numba's threading layer. This library does not
-choose that layer: it is a process-wide setting (``NUMBA_THREADING_LAYER``)
-that belongs to the application and is frozen at the process's first parallel
-launch. numba's default takes ``tbb``, else ``omp``, else ``workqueue``, and
-``workqueue`` aborts the process when two threads launch parallel kernels at
-once. So the library makes no concurrent parallel launches: a process-wide
-lock admits one parallel decode at a time, and a
-thread that finds it taken decodes its stripes serially (stripes are
-independent: same latents, bit for bit). This is safe under every layer; an
-application that also runs its own numba parallel code in other threads
-should choose ``NUMBA_THREADING_LAYER=tbb`` or ``omp``. The thread count is
-set with ``numba.set_num_threads``, which is per calling thread, and restored
-afterwards.
+threads at once (``decoder_runtime.decode`` is thread-safe): the kernels are
+pure functions of their arguments and every decode has its own work arrays.
+Stripes run in parallel on a pool of Python threads, not in a numba
+``parallel=True`` kernel: no numba threading layer is involved (numba's
+``workqueue`` layer aborts the process on concurrent parallel launches, and
+a ``prange`` kernel took seconds more to compile on a cold cache).
 
 Kernels are declared with :func:`decoder_runtime.jit.njit`: disk-cached, with
 a cache keyed on the source of every kernel module (a change in
@@ -35,10 +27,11 @@ cache when the install and home directories are read-only.
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, NamedTuple, Sequence
 
-import numba as nb
 import numpy as np
 
 from .arch import DecoderArch, arm_context_offsets, stripe_bounds, wavefront_slope
@@ -71,8 +64,6 @@ from .range_coder import (
 )
 
 MAX_ESCAPE_PREFIX = 16
-# Held while this process runs _decode_grid_parallel (see the module docstring).
-_parallel_launch = threading.Lock()
 # Status of a stripe that _decode_stripe stopped at a latent beyond the int32
 # ARM's bound (range_coder's statuses are 0..3): decoded again on int64.
 STATUS_WIDE = 4
@@ -247,44 +238,38 @@ def _stripe_shape(n_rows: int, w: int, slope: int):
 
 class _Workspace:
     """The :class:`StripeWork` of one decode, per integer type of the net: allocated
-    once, for the largest stripe of every grid (``stacked``: one per substream,
-    for the parallel kernel; else one), and prepared for each stripe."""
+    once, for the largest stripe of every grid, ``k`` of them (one per thread
+    that decodes a stripe at a time), and prepared for each stripe."""
 
-    def __init__(self, arch: DecoderArch, ctx: Context, n_sub: int, stacked: bool):
+    def __init__(self, arch: DecoderArch, ctx: Context, n_sub: int, k: int):
         shapes = [_stripe_shape(r1 - r0, g.w, ctx.slope)
                   for g in arch.coded_grids() for r0, r1 in stripe_bounds(g.h, n_sub)]
         self.cap = max(c for c, _, _ in shapes)
         self.size = max(z for _, z, _ in shapes)
-        self.k = n_sub if stacked else 1
+        self.k = k
         self.ctx = ctx
         self._work = {}
+        self._lock = threading.Lock()
 
-    def get(self, net: ArmNet, rows: Sequence[int], w: int) -> StripeWork:
-        """Work for stripes of ``rows[i]`` rows of a grid ``w`` wide (stacked on the first axis):
-        skewed copies zeroed, context offsets set."""
+    def row(self, net: ArmNet, i: int, n_rows: int, w: int) -> StripeWork:
+        """Work ``i`` (< k) for a stripe of ``n_rows`` rows of a grid ``w`` wide:
+        its skewed copy zeroed, its context offsets set."""
         dt = np.dtype(net.wh.dtype)
-        if dt not in self._work:
-            k, cap, dt_ = self.k, self.cap, dt
-            self._work[dt] = StripeWork(
-                np.zeros((k, net.dim, cap), dt_), np.zeros((k, net.n_ctx, cap), dt_),
-                np.zeros((k, net.n_ctx, cap), dt_), np.zeros((k, cap), dt_), np.zeros((k, cap), dt_),
-                np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64),
-                np.zeros((k, cap), np.uint8), np.zeros((k, cap), np.int64), np.zeros((k, self.size), np.int32),
-                np.zeros((k, self.ctx.dys.size), np.int64))
-        wk = self._work[dt]
+        with self._lock:
+            if dt not in self._work:
+                k, cap = self.k, self.cap
+                self._work[dt] = StripeWork(
+                    np.zeros((k, net.dim, cap), dt), np.zeros((k, net.n_ctx, cap), dt),
+                    np.zeros((k, net.n_ctx, cap), dt), np.zeros((k, cap), dt), np.zeros((k, cap), dt),
+                    np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64),
+                    np.zeros((k, cap), np.uint8), np.zeros((k, cap), np.int64), np.zeros((k, self.size), np.int32),
+                    np.zeros((k, self.ctx.dys.size), np.int64))
+            wk = self._work[dt]
         ctx = self.ctx
-        for i, r in enumerate(rows):
-            _, size, hs = _stripe_shape(int(r), w, ctx.slope)
-            wk.yp[i, :size] = 0  # cells never written read 0 (see skew_index)
-            wk.offs[i] = (ctx.dxs + ctx.slope * ctx.dys) * hs + ctx.dys  # context_offsets
-        return wk
-
-
-@njit(inline="always")
-def work_of(wk, s):
-    """Stripe ``s`` of a stacked :class:`StripeWork`."""
-    return StripeWork(wk.x[s], wk.h0[s], wk.h1[s], wk.acc0[s], wk.acc1[s], wk.mu_int[s],
-                      wk.frac[s], wk.kidx[s], wk.nz[s], wk.batch_of[s], wk.yp[s], wk.offs[s])
+        _, size, hs = _stripe_shape(n_rows, w, ctx.slope)
+        wk.yp[i, :size] = 0  # cells never written read 0 (see skew_index)
+        wk.offs[i] = (ctx.dxs + ctx.slope * ctx.dys) * hs + ctx.dys  # context_offsets
+        return _work_row(wk, i)
 
 
 def _work_row(wk: StripeWork, s: int) -> StripeWork:
@@ -292,7 +277,7 @@ def _work_row(wk: StripeWork, s: int) -> StripeWork:
     return StripeWork(*(a[s] for a in wk))
 
 
-@njit(no_cfunc_wrapper=True)
+@njit(no_cfunc_wrapper=True, nogil=True)
 def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
     """Decode rows r0..r1-1 of a grid ``w`` wide from the substream ``buf`` (state ``st``), ARM on ``net``.
 
@@ -408,14 +393,6 @@ def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
     st[ST_POS], st[ST_CODE], st[ST_RANGE] = pos, code, rng
 
 
-@njit(parallel=True)
-def _decode_grid_parallel(data, starts, ends, states, bounds, w, gf, slope, net, l_safe, coder, wk):
-    """:func:`_decode_stripe` of every stripe of a grid, one thread each (compiled only for threads > 1)."""
-    for s in nb.prange(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], bounds[s, 0], bounds[s, 1], w,
-                       gf, slope, net, l_safe, coder, work_of(wk, s))
-
-
 def _copy_out(yp: np.ndarray, y_grid: np.ndarray, r0: int, r1: int, slope: int) -> None:
     """Rows r0..r1-1 of ``y_grid`` from the stripe's skewed copy ``yp`` (see :func:`skew_index`):
     pixel (i, j) at ``cpad*hs + PAD + i*(slope*hs + 1) + j*hs``, one strided numpy copy."""
@@ -464,7 +441,11 @@ _STATUS_TEXT = {
 
 
 def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[bytes], threads: int = 1) -> List[np.ndarray]:
-    """Decode every coded grid (``arch.coded_grids()`` order) as int32 arrays."""
+    """Decode every coded grid (``arch.coded_grids()`` order) as int32 arrays.
+
+    ``threads`` > 1: the stripes of a grid on that many Python threads (at
+    most one per substream and per CPU); same latents, bit for bit.
+    """
     n_sub = len(substreams)
     data = np.frombuffer(b"".join(bytes(s) for s in substreams), dtype=np.uint8)
     lengths = np.array([len(s) for s in substreams], dtype=np.int64)
@@ -474,30 +455,18 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
     for s in range(n_sub):
         # The kernel's Python source: four bytes, not worth a kernel to compile.
         decoder_init.py_func(data[starts[s]:ends[s]], states[s])
-    threads = max(1, min(int(threads), n_sub, nb.config.NUMBA_NUM_THREADS))
-    # One parallel launch at a time in the process (see the module docstring);
-    # a caller that finds one running decodes its stripes serially, which
-    # gives the same latents.
-    args = (arch, arm, data, starts, ends, states)
-    if threads == 1 or not _parallel_launch.acquire(blocking=False):
-        return _decode_grids(*args, parallel=False)
-    try:
-        # set_num_threads is per calling thread in numba: give the caller its own back.
-        caller_threads = nb.get_num_threads()
-        nb.set_num_threads(threads)
-        try:
-            return _decode_grids(*args, parallel=True)
-        finally:
-            nb.set_num_threads(caller_threads)
-    finally:
-        _parallel_launch.release()
+    threads = max(1, min(int(threads), n_sub, os.cpu_count() or 1))
+    if threads == 1:
+        return _decode_grids(arch, arm, data, starts, ends, states, None)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="coolchic-latents") as pool:
+        return _decode_grids(arch, arm, data, starts, ends, states, pool)
 
 
-def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.ndarray]:
+def _decode_grids(arch, arm, data, starts, ends, states, pool) -> List[np.ndarray]:
     n_sub = states.shape[0]
     ctx, coder = context_arrays(arch), coder_tables()
-    work = _Workspace(arch, ctx, n_sub, stacked=parallel)
-    one = _Workspace(arch, ctx, n_sub, stacked=False) if parallel else work
+    slope = ctx.slope
+    work = _Workspace(arch, ctx, n_sub, n_sub if pool is not None else 1)
     decoded: List[np.ndarray] = []
     l_safe_of = {}
     for g in arch.coded_grids():
@@ -507,33 +476,29 @@ def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.nd
             hint = next(reversed(l_safe_of.values())) if l_safe_of else None
             l_safe_of[gf.bound] = int32_safe_latent_bound(arm.net64, gf.bound, hint)
         l_safe = l_safe_of[gf.bound]
-        bounds = np.array(stripe_bounds(g.h, n_sub), dtype=np.int64).reshape(n_sub, 2)
+        bounds = stripe_bounds(g.h, n_sub)
         # The int32 ARM where the bound allows it; the int64 kernel is compiled
         # and run only for the stripes that hold a latent beyond the bound.
         net, l_net = (arm.net32, l_safe) if l_safe >= 0 else (arm.net64, MAX_LATENT)
-        rows = bounds[:, 1] - bounds[:, 0]
-        slope = ctx.slope
-        if parallel:
-            wk = work.get(net, rows, g.w)
-            _decode_grid_parallel(data, starts, ends, states, bounds, g.w, gf, slope, net, l_net, coder, wk)
-            for s in range(n_sub):
-                if states[s, ST_STATUS] == STATUS_OK:
-                    _copy_out(wk.yp[s], y_grid, int(bounds[s, 0]), int(bounds[s, 1]), slope)
-            todo = [s for s in range(n_sub) if states[s, ST_STATUS] == STATUS_WIDE]
-        else:
-            todo = range(n_sub)
-        for s in todo:
+
+        def stripe(s, g=g, y_grid=y_grid, gf=gf, net=net, l_net=l_net):
             buf = data[starts[s]:ends[s]]
-            r0, r1 = int(bounds[s, 0]), int(bounds[s, 1])
-            if not parallel:
-                wk = _work_row(one.get(net, rows[s:s + 1], g.w), 0)
-                _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, net, l_net, coder, wk)
+            r0, r1 = bounds[s]
+            i = s if pool is not None else 0
+            wk = work.row(net, i, r1 - r0, g.w)
+            _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, net, l_net, coder, wk)
             if states[s, ST_STATUS] == STATUS_WIDE:
                 states[s, ST_STATUS] = STATUS_OK
-                wk = _work_row(one.get(arm.net64, rows[s:s + 1], g.w), 0)
+                wk = work.row(arm.net64, i, r1 - r0, g.w)
                 _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, arm.net64, MAX_LATENT, coder, wk)
             if states[s, ST_STATUS] == STATUS_OK:
                 _copy_out(wk.yp, y_grid, r0, r1, slope)
+
+        if pool is None:
+            for s in range(n_sub):
+                stripe(s)
+        else:
+            list(pool.map(stripe, range(n_sub)))
         bad = states[:, ST_STATUS]
         if np.any(bad != STATUS_OK):
             code = int(bad[bad != STATUS_OK][0])
