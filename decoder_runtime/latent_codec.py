@@ -213,12 +213,12 @@ class StripeWork(NamedTuple):
 
     The kernel allocates nothing: numba compiles an implementation of every
     ``np.zeros``/``np.empty`` a kernel calls, a tenth of a second each on a
-    cold cache. With a leading stripe axis, the same for the parallel kernel.
+    cold cache. :class:`_Workspace` holds one per thread that decodes a stripe.
     """
 
     x: np.ndarray  # [dim, cap], the net's type: ARM inputs of a wave
-    h0: np.ndarray  # [C, cap]: the ArmScratch of the net, flat (numba's parallel
-    h1: np.ndarray  # kernels take tuples of arrays, not nested tuples)
+    h0: np.ndarray  # [C, cap]: the ArmScratch of the net, flat
+    h1: np.ndarray  # [C, cap]
     acc0: np.ndarray  # [cap]
     acc1: np.ndarray  # [cap]
     mu_int: np.ndarray  # int64 [cap]
