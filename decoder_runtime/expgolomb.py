@@ -9,10 +9,12 @@ section is padded with zeros to a whole byte.  The writer lives in
 export/bitstream_writer.py; ``exp_golomb_nbits`` is the rate the encoder's
 quantize_model minimises.
 
-The reader is a numba kernel working on the packed bytes: it never reads past
-the section, refuses prefixes longer than ``_MAX_PREFIX`` zeros, and its work
-is bounded by the section's length (a crafted section of a megabyte costs
-milliseconds). Every failure is a :class:`BitstreamError`.
+The reader never reads past the section, refuses prefixes longer than
+``_MAX_PREFIX`` zeros, and its work is bounded by the section's length. Up to
+``PY_READER_MAX_VALUES`` (16 384) values it is plain Python (a microsecond a value, no
+kernel to compile on a cold cache); beyond, a numba kernel working on the
+packed bytes (a crafted section of a megabyte costs milliseconds). Both give
+the same outcome on any section. Every failure is a :class:`BitstreamError`.
 """
 
 from __future__ import annotations
@@ -111,11 +113,73 @@ def _read_fields(buf, field_sizes, out, headers, info):
     return _OK
 
 
+def _read_fields_py(buf, field_sizes, out, headers, info):
+    """:func:`_read_fields` in plain Python, for the sections of ordinary size.
+
+    Same arguments, outcomes and side effects, bit for bit (the tests run
+    both on hostile sections). The bits are a string of '0' and '1': a code's
+    prefix is a ``str.find`` and its value an ``int(..., 2)``, a microsecond
+    a value, with no kernel to compile on a cold cache.
+    """
+    data = bytes(buf)
+    n_bits = 8 * len(data)
+    bits = format(int.from_bytes(data, "big"), f"0{n_bits}b") if n_bits else ""
+    pos = 0
+    o = 0
+    for f in range(len(field_sizes)):
+        info[1] = f
+        if pos + SHIFT_BITS + COUNT_BITS > n_bits:
+            return _TRUNCATED
+        s = int(bits[pos:pos + SHIFT_BITS], 2)
+        k = int(bits[pos + SHIFT_BITS:pos + SHIFT_BITS + COUNT_BITS], 2)
+        pos += SHIFT_BITS + COUNT_BITS
+        headers[f, 0] = s
+        headers[f, 1] = k
+        if s > MAX_SHIFT or k > MAX_COUNT:
+            return _BAD_HEADER
+        one = 1 << k
+        for _ in range(int(field_sizes[f])):
+            j = bits.find("1", pos, pos + _MAX_PREFIX + 1)
+            if j < 0:
+                if pos + _MAX_PREFIX + 1 <= n_bits:
+                    return _BAD_CODE  # _MAX_PREFIX + 1 zeros
+                return _TRUNCATED  # the zeros run to the end: the code's value bits are missing
+            n = j - pos + k + 1
+            pos = j
+            if pos + n > n_bits:
+                return _TRUNCATED
+            v = int(bits[pos:pos + n], 2) - one
+            pos += n
+            if v > MAX_ABS_VALUE:
+                info[2] = o
+                return _TOO_BIG
+            if v != 0:
+                if pos >= n_bits:
+                    return _TRUNCATED
+                if bits[pos] == "1":
+                    v = -v
+                pos += 1
+            out[o] = v
+            o += 1
+    info[0] = pos
+    return _OK
+
+
+# Sections with more values than this are read by the numba kernel (compiled
+# on first use): one to two microseconds a value in Python (at most 30 ms
+# here, however the section is crafted), nanoseconds in the kernel. The
+# architectures of cfg/dec have 313 (vlop) to 2 458 (vhop).
+PY_READER_MAX_VALUES = 1 << 14
+
+
 def read_network_params(section: bytes, arch: DecoderArch):
     """Decode the parameter section: integer tensors, shifts and EG orders.
 
-    A numba kernel reads the bits straight from the packed bytes: any section,
-    however crafted, costs a few nanoseconds per bit it holds.
+    Up to PY_READER_MAX_VALUES values (every architecture of cfg/dec), plain
+    Python reads them (a few milliseconds, nothing to compile on a cold
+    numba cache); beyond, a numba kernel reads the bits straight from the
+    packed bytes: any section, however crafted, costs a few nanoseconds per
+    bit it holds.
     """
     specs = param_layout(arch)
     total = sum(p.size for p in specs)
@@ -130,7 +194,8 @@ def read_network_params(section: bytes, arch: DecoderArch):
     values = np.empty(int(sizes.sum()), dtype=np.int32)
     headers = np.zeros((len(fields), 2), dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
-    status = _read_fields(np.frombuffer(section, dtype=np.uint8), sizes, values, headers, info)
+    reader = _read_fields_py if values.size <= PY_READER_MAX_VALUES else _read_fields
+    status = reader(np.frombuffer(section, dtype=np.uint8), sizes, values, headers, info)
     if status == _TRUNCATED:
         raise BitstreamError("the network parameter section is truncated")
     if status == _BAD_CODE:

@@ -2,29 +2,21 @@
 
 Grids are decoded coarsest first (``arch.coded_grids()``).  Each grid is cut
 into horizontal stripes, one per substream; a stripe's context stops at its
-first row, so substreams decode independently (numba ``prange``, one thread
-each).  Inside a stripe, pixels are coded in wavefront order: pixel (i, j) at
-step ``j + K*i`` where K is ``arch.wavefront_slope`` — every context pixel of
-a wave is already decoded, so the ARM runs once per wave on all its pixels
-(vectorised integer arithmetic) instead of once per pixel.  The encoder
+first row, so substreams decode independently (one Python thread each with
+``threads`` > 1: the stripe kernel releases the GIL).  Inside a stripe, pixels
+are coded in wavefront order: pixel (i, j) at step ``j + K*i`` where K is
+``arch.wavefront_slope`` — every context pixel of a wave is already decoded,
+so the ARM runs once per wave on all its pixels (vectorised integer
+arithmetic) instead of once per pixel.  The encoder
 (export/latent_encoder.py) uses these very kernels and this order.
 
 Threads. :func:`decode_latent_grids` may be called from several Python
-threads at once (``decoder_runtime.decode`` is thread-safe). The kernels are
-pure functions of their arguments, except the one ``parallel=True`` kernel,
-whose launches go through numba's threading layer. This library does not
-choose that layer: it is a process-wide setting (``NUMBA_THREADING_LAYER``)
-that belongs to the application and is frozen at the process's first parallel
-launch. numba's default takes ``tbb``, else ``omp``, else ``workqueue``, and
-``workqueue`` aborts the process when two threads launch parallel kernels at
-once. So the library makes no concurrent parallel launches: a process-wide
-lock admits one parallel decode at a time, and a
-thread that finds it taken decodes its stripes serially (stripes are
-independent: same latents, bit for bit). This is safe under every layer; an
-application that also runs its own numba parallel code in other threads
-should choose ``NUMBA_THREADING_LAYER=tbb`` or ``omp``. The thread count is
-set with ``numba.set_num_threads``, which is per calling thread, and restored
-afterwards.
+threads at once (``decoder_runtime.decode`` is thread-safe): the kernels are
+pure functions of their arguments and every decode has its own work arrays.
+Stripes run in parallel on a pool of Python threads, not in a numba
+``parallel=True`` kernel: no numba threading layer is involved (numba's
+``workqueue`` layer aborts the process on concurrent parallel launches, and
+a ``prange`` kernel took seconds more to compile on a cold cache).
 
 Kernels are declared with :func:`decoder_runtime.jit.njit`: disk-cached, with
 a cache keyed on the source of every kernel module (a change in
@@ -35,22 +27,24 @@ cache when the install and home directories are read-only.
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, NamedTuple, Sequence
 
-import numba as nb
 import numpy as np
 
 from .arch import DecoderArch, arm_context_offsets, stripe_bounds, wavefront_slope
 from .arm_int import (
     FRAC,
     MAX_LATENT,
+    ArmNet,
+    ArmScratch,
     IntArm,
     arm_forward,
     build_int_arm,
     ifce_forward,
     int32_safe_latent_bound,
-    new_scratch,
 )
 from .errors import BitstreamError
 from .jit import njit
@@ -66,13 +60,13 @@ from .range_coder import (
     STATUS_OVERREAD,
     STATUS_RANGE,
     decoder_init,
-    rc_bits,
-    rc_symbol,
+    rc_step,
 )
 
 MAX_ESCAPE_PREFIX = 16
-# Held while this process runs _decode_grid_parallel (see the module docstring).
-_parallel_launch = threading.Lock()
+# Status of a stripe that _decode_stripe stopped at a latent beyond the int32
+# ARM's bound (range_coder's statuses are 0..3): decoded again on int64.
+STATUS_WIDE = 4
 PAD = 4  # context reaches 4 rows up and 4 columns left/right (9x9 window)
 
 
@@ -95,7 +89,7 @@ class GridFeatures(NamedTuple):
     feat: np.ndarray  # int32 [dim - C, sh, sw]
     shift_down: int
     canon: np.ndarray  # int32 [dim - C]: the features of an all-zero source neighbourhood
-    bound: int  # max of feat: the features' bound for int32_safe_latent_bound
+    bound: int  # max of feat and canon: the features' bound for int32_safe_latent_bound
 
 
 class Coder(NamedTuple):
@@ -176,7 +170,8 @@ def gather_run(yp, base, step, n, offs, gf, row0, di, j0, dj, x, nz):
         ff = feat[f]
         cf = gf.canon[f]
         for p in range(n):
-            v = ff[min((row0 + di * p) >> sd, fy_max), min((j0 + dj * p) >> sd, fx_max)]
+            fy, fx = (row0 + di * p) >> sd, (j0 + dj * p) >> sd
+            v = ff[fy if fy < fy_max else fy_max, fx if fx < fx_max else fx_max]
             xf[p] = v
             nz[p] |= v != cf
     m = 0
@@ -207,60 +202,143 @@ def wave_rows(t, n_rows, w, slope):
     lo = 0
     if t > w - 1:
         lo = (t - (w - 1) + slope - 1) // slope
-    hi = min(n_rows - 1, t // slope)
+    hi = t // slope
+    if hi > n_rows - 1:
+        hi = n_rows - 1
     return lo, hi
 
 
-@njit
-def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net32, net64, l_safe, coder):
+class StripeWork(NamedTuple):
+    """Work arrays of :func:`_decode_stripe`, allocated by the caller (:class:`_Workspace`).
+
+    The kernel allocates nothing: numba compiles an implementation of every
+    ``np.zeros``/``np.empty`` a kernel calls, a tenth of a second each on a
+    cold cache. :class:`_Workspace` holds one per thread that decodes a stripe.
+    """
+
+    x: np.ndarray  # [dim, cap], the net's type: ARM inputs of a wave
+    h0: np.ndarray  # [C, cap]: the ArmScratch of the net, flat
+    h1: np.ndarray  # [C, cap]
+    acc0: np.ndarray  # [cap]
+    acc1: np.ndarray  # [cap]
+    mu_int: np.ndarray  # int64 [cap]
+    frac: np.ndarray  # int64 [cap]
+    kidx: np.ndarray  # int64 [cap]
+    nz: np.ndarray  # uint8 [cap]
+    batch_of: np.ndarray  # int64 [cap]
+    yp: np.ndarray  # int32 [>= size], zeros: the stripe's skewed copy (stripe_layout)
+    offs: np.ndarray  # int64 [C]: context_offsets of the stripe
+
+
+def _stripe_shape(n_rows: int, w: int, slope: int):
+    """(cap, size, hs) of a stripe of ``n_rows`` rows: ARM columns, skewed copy length, column height."""
+    hs, _, size = stripe_layout.py_func(max(n_rows, 1), w, slope)
+    return max(1, min(n_rows, w // slope + 1)), size, hs
+
+
+class _Workspace:
+    """The :class:`StripeWork` of one decode, per integer type of the net: allocated
+    once, for the largest stripe of every grid, ``k`` of them (one per thread
+    that decodes a stripe at a time), and prepared for each stripe."""
+
+    def __init__(self, arch: DecoderArch, ctx: Context, n_sub: int, k: int):
+        shapes = [_stripe_shape(r1 - r0, g.w, ctx.slope)
+                  for g in arch.coded_grids() for r0, r1 in stripe_bounds(g.h, n_sub)]
+        self.cap = max(c for c, _, _ in shapes)
+        self.size = max(z for _, z, _ in shapes)
+        self.k = k
+        self.ctx = ctx
+        self._work = {}
+        self._lock = threading.Lock()
+
+    def row(self, net: ArmNet, i: int, n_rows: int, w: int) -> StripeWork:
+        """Work ``i`` (< k) for a stripe of ``n_rows`` rows of a grid ``w`` wide:
+        its skewed copy zeroed, its context offsets set."""
+        dt = np.dtype(net.wh.dtype)
+        with self._lock:
+            if dt not in self._work:
+                k, cap = self.k, self.cap
+                self._work[dt] = StripeWork(
+                    np.zeros((k, net.dim, cap), dt), np.zeros((k, net.n_ctx, cap), dt),
+                    np.zeros((k, net.n_ctx, cap), dt), np.zeros((k, cap), dt), np.zeros((k, cap), dt),
+                    np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64),
+                    np.zeros((k, cap), np.uint8), np.zeros((k, cap), np.int64), np.zeros((k, self.size), np.int32),
+                    np.zeros((k, self.ctx.dys.size), np.int64))
+            wk = self._work[dt]
+        ctx = self.ctx
+        _, size, hs = _stripe_shape(n_rows, w, ctx.slope)
+        wk.yp[i, :size] = 0  # cells never written read 0 (see skew_index)
+        wk.offs[i] = (ctx.dxs + ctx.slope * ctx.dys) * hs + ctx.dys  # context_offsets
+        return _work_row(wk, i)
+
+
+def _work_row(wk: StripeWork, s: int) -> StripeWork:
+    """:func:`work_of` in Python."""
+    return StripeWork(*(a[s] for a in wk))
+
+
+@njit(no_cfunc_wrapper=True, nogil=True)
+def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
+    """Decode rows r0..r1-1 of a grid ``w`` wide from the substream ``buf`` (state ``st``), ARM on ``net``.
+
+    The latents land in ``wk.yp``, the stripe's skewed copy (the caller
+    copies them out, :func:`_copy_out`). With ``net32``, ``l_safe`` is
+    :func:`int32_safe_latent_bound`: the first latent beyond it stops the
+    stripe with ``STATUS_WIDE`` and the caller decodes the stripe again on
+    ``net64`` (``l_safe = MAX_LATENT``). The stripe is restartable: ``st`` is
+    written only at its end (its status on failure). Nothing in the bits
+    depends on the net's width: both decode the same latents. ``wk``: a
+    :class:`StripeWork` of the net's type, its ``yp`` zeroed and ``offs`` set
+    for this stripe (its other arrays are written before they are read).
+
+    Compile time (a cold numba cache compiles this kernel and arm_forward, see
+    bench/cold_start.py) grows with every inlined call: one call site each of
+    arm_forward, gather_run and rc_step (symbols and escape bits alike).
+    """
     n_rows = r1 - r0
     if n_rows <= 0:
         return
-    w = y_grid.shape[1]
-    slope = ctx.slope
-    n_ctx = net64.n_ctx
-    cap = min(n_rows, w // slope + 1)
-    x = np.zeros((net64.dim, cap), dtype=np.int32)
-    scr32 = new_scratch(net32, cap)
-    scr64 = new_scratch(net64, cap)
-    mu_int = np.empty(cap, dtype=np.int64)
-    frac = np.empty(cap, dtype=np.int64)
-    kidx = np.empty(cap, dtype=np.int64)
-    nz = np.empty(cap, dtype=np.uint8)
-    batch_of = np.empty(cap, dtype=np.int64)
+    n_ctx = net.n_ctx
+    x, mu_int, frac, kidx, nz, batch_of, yp, offs = wk.x, wk.mu_int, wk.frac, wk.kidx, wk.nz, wk.batch_of, wk.yp, wk.offs
+    scr = ArmScratch(wk.h0, wk.h1, wk.acc0, wk.acc1)
     hs, cpad, size = stripe_layout(n_rows, w, slope)
-    yp = np.zeros(size, dtype=np.int32)
-    offs = context_offsets(ctx, hs)
-    # Contexts that are all zero (most of a fine grid's at low rates) all
-    # give the ARM output of the all-zero context, computed once here: when
-    # they are at least half of a wave, the ARM runs on the others only.
-    # Identical integer inputs give identical outputs, so this changes the
-    # speed, not a single decoded value.
-    for f in range(net64.dim - n_ctx):
-        x[n_ctx + f, 0] = gf.canon[f]
-    arm_forward(x, 1, net64, scr64, mu_int, frac, kidx)
-    mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
     cum, offset, half_width = coder.cum, coder.offset, coder.half_width
     pos, code, rng = st[ST_POS], st[ST_CODE], st[ST_RANGE]
-    # Largest |latent| decoded so far: while it stays within l_safe, the
-    # int32 ARM gives the int64 ARM's integers (int32_safe_latent_bound).
-    amax = 0
+    mu0, frac0, k0 = np.int64(0), np.int64(0), np.int64(0)
     n_waves = (w - 1) + slope * (n_rows - 1) + 1
-    for t in range(n_waves):
-        lo, hi = wave_rows(t, n_rows, w, slope)
-        n = hi - lo + 1
-        base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
-        m = gather_run(yp, base0, 1, n, offs, gf, r0 + lo, 1, t - slope * lo, -slope, x, nz)
-        dense = 2 * m > n
-        if dense:
-            m = n
+    for t in range(-1, n_waves):
+        if t < 0:
+            # Contexts that are all zero (most of a fine grid's at low rates)
+            # all give the ARM output of the all-zero context, computed once
+            # here: when they are at least half of a wave, the ARM runs on the
+            # others only. Identical integer inputs give identical outputs, so
+            # this changes the speed, not a single decoded value.
+            # (GridFeatures.bound covers the canonical features, so net32 is
+            # exact on this input when l_safe >= 0.)
+            for c in range(n_ctx):
+                x[c, 0] = 0
+            for f in range(net.dim - n_ctx):
+                x[n_ctx + f, 0] = gf.canon[f]
+            n, m, dense, base0 = 0, 1, True, 0
         else:
-            m = compact_columns(x, n, nz, batch_of)
-        if m > 0:
-            if amax <= l_safe:
-                arm_forward(x, m, net32, scr32, mu_int, frac, kidx)
+            lo = 0
+            if t > w - 1:
+                lo = (t - (w - 1) + slope - 1) // slope
+            hi = t // slope
+            if hi > n_rows - 1:
+                hi = n_rows - 1
+            n = hi - lo + 1
+            base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
+            m = gather_run(yp, base0, 1, n, offs, gf, r0 + lo, 1, t - slope * lo, -slope, x, nz)
+            dense = 2 * m > n
+            if dense:
+                m = n
             else:
-                arm_forward(x, m, net64, scr64, mu_int, frac, kidx)
+                m = compact_columns(x, n, nz, batch_of)
+        if m > 0:
+            arm_forward(x, m, net, scr, mu_int, frac, kidx)
+        if t < 0:
+            mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
         base = base0
         for p in range(n):
             b = p if dense else batch_of[p]
@@ -269,53 +347,62 @@ def _decode_stripe(buf, st, y_grid, r0, r1, gf, ctx, net32, net64, l_safe, coder
             else:
                 mu, fr, k = mu_int[b], frac[b], kidx[b]
             big_r = half_width[k]
-            s, pos, code, rng = rc_symbol(buf, pos, code, rng, cum, offset[fr, k], 2 * big_r + 2)
-            if s == 2 * big_r + 1:
-                sign, pos, code, rng = rc_bits(buf, pos, code, rng, 1)
-                prefix = 0
-                while True:
-                    bit, pos, code, rng = rc_bits(buf, pos, code, rng, 1)
-                    if bit == 1:
+            off = offset[fr, k]
+            esc = 2 * big_r + 1
+            # A symbol; the escape symbol is followed by a sign bit, a unary
+            # prefix (zeros ended by a one) and ``prefix`` tail bits.
+            nbits = -1
+            phase = 0
+            sign = 0
+            prefix = 0
+            while True:
+                s, pos, code, rng = rc_step(buf, pos, code, rng, cum, off, esc + 1, nbits)
+                if phase == 0:
+                    if s != esc:
+                        r = s - big_r
                         break
-                    prefix += 1
-                    if prefix > MAX_ESCAPE_PREFIX:
-                        st[ST_STATUS] = STATUS_BAD_ESCAPE
-                        return
-                tail, pos, code, rng = rc_bits(buf, pos, code, rng, prefix)
-                r = big_r + ((np.int64(1) << prefix) | tail)
-                if sign == 1:
-                    r = -r
-            else:
-                r = s - big_r
+                    phase = 1
+                    nbits = 1
+                elif phase == 1:
+                    sign = s
+                    phase = 2
+                elif phase == 2:
+                    if s == 1:
+                        phase = 3
+                        nbits = prefix
+                    else:
+                        prefix += 1
+                        if prefix > MAX_ESCAPE_PREFIX:
+                            st[ST_STATUS] = STATUS_BAD_ESCAPE
+                            return
+                else:
+                    r = big_r + ((np.int64(1) << prefix) | s)
+                    if sign == 1:
+                        r = -r
+                    break
             v = mu + r
             a = v if v >= 0 else -v
-            if a > MAX_LATENT:
-                st[ST_STATUS] = STATUS_RANGE
+            if a > l_safe:
+                st[ST_STATUS] = STATUS_RANGE if a > MAX_LATENT else STATUS_WIDE
                 return
-            amax = max(amax, a)
             yp[base] = v
             base += 1
         if pos > buf.size + MAX_OVERREAD:
             st[ST_STATUS] = STATUS_OVERREAD
             return
     st[ST_POS], st[ST_CODE], st[ST_RANGE] = pos, code, rng
-    for i in range(n_rows):
-        for j in range(w):
-            y_grid[r0 + i, j] = yp[skew_index(i, j, hs, cpad, slope)]
 
 
-@njit
-def _decode_grid_serial(data, starts, ends, states, bounds, y_grid, gf, ctx, net32, net64, l_safe, coder):
-    for s in range(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1],
-                       gf, ctx, net32, net64, l_safe, coder)
-
-
-@njit(parallel=True)
-def _decode_grid_parallel(data, starts, ends, states, bounds, y_grid, gf, ctx, net32, net64, l_safe, coder):
-    for s in nb.prange(states.shape[0]):
-        _decode_stripe(data[starts[s]:ends[s]], states[s], y_grid, bounds[s, 0], bounds[s, 1],
-                       gf, ctx, net32, net64, l_safe, coder)
+def _copy_out(yp: np.ndarray, y_grid: np.ndarray, r0: int, r1: int, slope: int) -> None:
+    """Rows r0..r1-1 of ``y_grid`` from the stripe's skewed copy ``yp`` (see :func:`skew_index`):
+    pixel (i, j) at ``cpad*hs + PAD + i*(slope*hs + 1) + j*hs``, one strided numpy copy."""
+    n_rows, w = r1 - r0, y_grid.shape[1]
+    if n_rows <= 0:
+        return
+    hs, cpad, _ = stripe_layout.py_func(n_rows, w, slope)
+    step = yp.itemsize
+    y_grid[r0:r1] = np.lib.stride_tricks.as_strided(
+        yp[cpad * hs + PAD:], shape=(n_rows, w), strides=((slope * hs + 1) * step, hs * step), writeable=False)
 
 
 def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.ndarray]) -> GridFeatures:
@@ -331,7 +418,7 @@ def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.nda
     zero = np.zeros((n_rows, 1, 1), dtype=np.int32)
     ifce_forward(np.zeros((1, 1), dtype=np.int32), arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, zero)
     canon[:] = zero[:, 0, 0]
-    return GridFeatures(feat, src_grid.level - grid.level, canon, int(feat.max(initial=0)))
+    return GridFeatures(feat, src_grid.level - grid.level, canon, max(int(feat.max(initial=0)), int(canon.max(initial=0))))
 
 
 def context_arrays(arch: DecoderArch) -> Context:
@@ -354,7 +441,11 @@ _STATUS_TEXT = {
 
 
 def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[bytes], threads: int = 1) -> List[np.ndarray]:
-    """Decode every coded grid (``arch.coded_grids()`` order) as int32 arrays."""
+    """Decode every coded grid (``arch.coded_grids()`` order) as int32 arrays.
+
+    ``threads`` > 1: the stripes of a grid on that many Python threads (at
+    most one per substream and per CPU); same latents, bit for bit.
+    """
     n_sub = len(substreams)
     data = np.frombuffer(b"".join(bytes(s) for s in substreams), dtype=np.uint8)
     lengths = np.array([len(s) for s in substreams], dtype=np.int64)
@@ -362,37 +453,52 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
     starts = ends - lengths
     states = np.zeros((n_sub, 4), dtype=np.int64)
     for s in range(n_sub):
-        decoder_init(data[starts[s]:ends[s]], states[s])
-    threads = max(1, min(int(threads), n_sub, nb.config.NUMBA_NUM_THREADS))
-    # One parallel launch at a time in the process (see the module docstring);
-    # a caller that finds one running decodes its stripes serially, which
-    # gives the same latents.
-    args = (arch, arm, data, starts, ends, states)
-    if threads == 1 or not _parallel_launch.acquire(blocking=False):
-        return _decode_grids(*args, parallel=False)
-    try:
-        # set_num_threads is per calling thread in numba: give the caller its own back.
-        caller_threads = nb.get_num_threads()
-        nb.set_num_threads(threads)
-        try:
-            return _decode_grids(*args, parallel=True)
-        finally:
-            nb.set_num_threads(caller_threads)
-    finally:
-        _parallel_launch.release()
+        # The kernel's Python source: four bytes, not worth a kernel to compile.
+        decoder_init.py_func(data[starts[s]:ends[s]], states[s])
+    threads = max(1, min(int(threads), n_sub, os.cpu_count() or 1))
+    if threads == 1:
+        return _decode_grids(arch, arm, data, starts, ends, states, None)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="coolchic-latents") as pool:
+        return _decode_grids(arch, arm, data, starts, ends, states, pool)
 
 
-def _decode_grids(arch, arm, data, starts, ends, states, parallel) -> List[np.ndarray]:
+def _decode_grids(arch, arm, data, starts, ends, states, pool) -> List[np.ndarray]:
     n_sub = states.shape[0]
-    run = _decode_grid_parallel if parallel else _decode_grid_serial
     ctx, coder = context_arrays(arch), coder_tables()
+    slope = ctx.slope
+    work = _Workspace(arch, ctx, n_sub, n_sub if pool is not None else 1)
     decoded: List[np.ndarray] = []
+    l_safe_of = {}
     for g in arch.coded_grids():
         y_grid = np.zeros((g.h, g.w), dtype=np.int32)
         gf = grid_features(arch, arm, g, decoded)
-        l_safe = int32_safe_latent_bound(arm.net64, gf.bound)
-        bounds = np.array(stripe_bounds(g.h, n_sub), dtype=np.int64).reshape(n_sub, 2)
-        run(data, starts, ends, states, bounds, y_grid, gf, ctx, arm.net32, arm.net64, l_safe, coder)
+        if gf.bound not in l_safe_of:  # grids without IFCE share theirs; the last one is a good first guess
+            hint = next(reversed(l_safe_of.values())) if l_safe_of else None
+            l_safe_of[gf.bound] = int32_safe_latent_bound(arm.net64, gf.bound, hint)
+        l_safe = l_safe_of[gf.bound]
+        bounds = stripe_bounds(g.h, n_sub)
+        # The int32 ARM where the bound allows it; the int64 kernel is compiled
+        # and run only for the stripes that hold a latent beyond the bound.
+        net, l_net = (arm.net32, l_safe) if l_safe >= 0 else (arm.net64, MAX_LATENT)
+
+        def stripe(s, g=g, y_grid=y_grid, gf=gf, net=net, l_net=l_net):
+            buf = data[starts[s]:ends[s]]
+            r0, r1 = bounds[s]
+            i = s if pool is not None else 0
+            wk = work.row(net, i, r1 - r0, g.w)
+            _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, net, l_net, coder, wk)
+            if states[s, ST_STATUS] == STATUS_WIDE:
+                states[s, ST_STATUS] = STATUS_OK
+                wk = work.row(arm.net64, i, r1 - r0, g.w)
+                _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, arm.net64, MAX_LATENT, coder, wk)
+            if states[s, ST_STATUS] == STATUS_OK:
+                _copy_out(wk.yp, y_grid, r0, r1, slope)
+
+        if pool is None:
+            for s in range(n_sub):
+                stripe(s)
+        else:
+            list(pool.map(stripe, range(n_sub)))
         bad = states[:, ST_STATUS]
         if np.any(bad != STATUS_OK):
             code = int(bad[bad != STATUS_OK][0])

@@ -31,50 +31,47 @@ def new_state() -> np.ndarray:
 
 
 @njit(inline="always")
-def _renorm(buf, pos, code, rng):
+def rc_step(buf, pos, code, rng, cum, off, n_sym, nbits):
+    """One decoding step: (value, pos, code, range).
+
+    ``nbits < 0``: one symbol of ``cum[off : off + n_sym + 1]`` (16-bit
+    frequency totals), its index; else ``nbits`` (0 to 16) equiprobable bits,
+    their value. One function for both, so that a kernel that reads symbols
+    and bits holds one copy of the renormalisation (each inlined copy costs
+    compile time). The state is passed in scalars so that it stays in
+    registers in hot loops.
+    """
+    if nbits < 0:
+        r = rng >> TOTAL_BITS
+        t = code // r
+        if t >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
+            t = (1 << TOTAL_BITS) - 1
+        lo = 0
+        hi = n_sym
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if cum[off + mid] <= t:
+                lo = mid
+            else:
+                hi = mid
+        c0 = np.int64(cum[off + lo])
+        width = np.int64(cum[off + lo + 1]) - c0
+    else:
+        r = rng >> nbits
+        t = code // r
+        if t >= (1 << nbits):
+            t = (1 << nbits) - 1
+        lo = t
+        c0 = t
+        width = np.int64(1)
+    code -= r * c0
+    rng = r * width
     while rng < TOP:
         b = np.int64(buf[pos]) if pos < buf.size else np.int64(0)
         pos += 1
         code = ((code << 8) | b) & MASK32
         rng = (rng << 8) & MASK32
-    return pos, code, rng
-
-
-@njit(inline="always")
-def rc_symbol(buf, pos, code, rng, cum, off, n_sym):
-    """Decode one symbol of ``cum[off : off + n_sym + 1]``: (index, pos, code, range).
-
-    The state is passed in scalars so that it stays in registers in hot loops.
-    """
-    r = rng >> TOTAL_BITS
-    t = code // r
-    if t >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
-        t = (1 << TOTAL_BITS) - 1
-    lo = 0
-    hi = n_sym
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if cum[off + mid] <= t:
-            lo = mid
-        else:
-            hi = mid
-    c0 = np.int64(cum[off + lo])
-    code -= r * c0
-    rng = r * (np.int64(cum[off + lo + 1]) - c0)
-    pos, code, rng = _renorm(buf, pos, code, rng)
     return lo, pos, code, rng
-
-
-@njit(inline="always")
-def rc_bits(buf, pos, code, rng, nbits):
-    """Decode ``nbits`` (<= 16) equiprobable bits: (value, pos, code, range)."""
-    r = rng >> nbits
-    t = code // r
-    if t >= (1 << nbits):
-        t = (1 << nbits) - 1
-    code -= r * t
-    pos, code, rng = _renorm(buf, pos, code, r)
-    return t, pos, code, rng
 
 
 @njit
@@ -96,15 +93,15 @@ def check_overread(buf, st):
 
 @njit
 def decode_symbol(buf, st, cum, off, n_sym):
-    """Array-state form of :func:`rc_symbol` (the state persists in ``st``)."""
-    s, st[ST_POS], st[ST_CODE], st[ST_RANGE] = rc_symbol(buf, st[ST_POS], st[ST_CODE], st[ST_RANGE], cum, off, n_sym)
+    """Array-state form of :func:`rc_step` on a symbol (the state persists in ``st``)."""
+    s, st[ST_POS], st[ST_CODE], st[ST_RANGE] = rc_step(buf, st[ST_POS], st[ST_CODE], st[ST_RANGE], cum, off, n_sym, -1)
     check_overread(buf, st)
     return s
 
 
 @njit
 def decode_bits(buf, st, nbits):
-    """Array-state form of :func:`rc_bits`."""
-    v, st[ST_POS], st[ST_CODE], st[ST_RANGE] = rc_bits(buf, st[ST_POS], st[ST_CODE], st[ST_RANGE], nbits)
+    """Array-state form of :func:`rc_step` on ``nbits`` (<= 16) equiprobable bits."""
+    v, st[ST_POS], st[ST_CODE], st[ST_RANGE] = rc_step(buf, st[ST_POS], st[ST_CODE], st[ST_RANGE], buf, 0, 0, nbits)
     check_overread(buf, st)
     return v

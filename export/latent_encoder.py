@@ -42,7 +42,7 @@ def _grid_arm(y_grid, bounds, gf, ctx, net, mu_int, frac, kidx):
     int64 net (exact for every input).
     """
     h, w = y_grid.shape
-    x = np.zeros((net.dim, w), dtype=np.int32)
+    x = np.zeros((net.dim, w), dtype=net.wh.dtype)  # arm_forward reads x of the net's type
     scr = new_scratch(net, w)
     nz = np.empty(w, dtype=np.uint8)
     for s in range(bounds.shape[0]):

@@ -63,7 +63,7 @@ CHILD = textwrap.dedent(
             result["sha"] = h.hexdigest()
         except decoder_runtime.CoolChicError as e:
             result["error"] = str(e)
-    stats = latent_codec._decode_grid_serial.stats
+    stats = latent_codec._decode_stripe.stats  # the kernel every latent decode compiles or loads
     result["cache_path"] = stats.cache_path
     result["hits"] = sum(stats.cache_hits.values())
     result["misses"] = sum(stats.cache_misses.values())
@@ -261,7 +261,8 @@ def test_concurrent_decodes_agree_with_a_single_decode(four_stripes):
 
 
 def test_concurrent_parallel_decodes_under_the_workqueue_layer(four_stripes, tmp_path):
-    """numba's workqueue layer aborts the process on concurrent parallel launches; the runtime never makes them."""
+    """numba's workqueue layer aborts the process on concurrent parallel launches; the runtime makes
+    no numba parallel launch at all (its stripes run on Python threads): the layer is never even loaded."""
     data, latents = four_stripes
     (tmp_path / "a.cool").write_bytes(data)
     code = textwrap.dedent(
@@ -279,14 +280,18 @@ def test_concurrent_parallel_decodes_under_the_workqueue_layer(four_stripes, tmp
         ts = [threading.Thread(target=work) for _ in range(3)]
         [t.start() for t in ts]
         [t.join() for t in ts]
-        print(numba.threading_layer(), len(bad))
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # "Threading layer is not initialized": no parallel launch happened
+            layer = "none"
+        print(layer, len(bad))
         """
     )
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.cool")], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["workqueue", "0"]
+    assert r.stdout.split() == ["none", "0"]
 
 
 def test_atomic_write_never_touches_the_umask(tmp_path, monkeypatch):

@@ -184,6 +184,8 @@ def test_kernel_never_reads_past_the_section(arch, monkeypatch):
         mp.setattr(expgolomb, "_bits", expgolomb._bits.py_func)  # all-Python: every index is checked
         python = [run(_read_fields.py_func, sec) for sec in sections]
     assert compiled == python
+    # The plain-Python reader of ordinary sections (read_network_params) agrees with the kernel.
+    assert [run(expgolomb._read_fields_py, sec) for sec in sections] == compiled
     assert {c[0] for c in compiled} == {0, 1, 2, 3, 4}  # every outcome of the kernel is reached
     assert all(c[3][0] <= 8 * len(sec) for c, sec in zip(compiled, sections))
 
@@ -228,15 +230,19 @@ def _worst_case_section(arch, cut=2):
     return full[:len(full) - cut]
 
 
-def test_hostile_sections_cost_milliseconds():
-    """5.3 M parameters, 666 kB: the former bit-by-bit reader took 8 s on the worst of these."""
+def test_hostile_sections_cost_milliseconds(monkeypatch):
+    """5.3 M parameters, 666 kB: the former bit-by-bit reader took 8 s on the worst of these.
+    (So many values go to the numba kernel, not to the plain-Python reader.)"""
     arch = make_arch(size=(8, 8), layers="256-9-linear-relu,256-9-linear-relu,X-1-linear-none",
                      latent_resolution=(0, 0))
     worst = _worst_case_section(arch)
     assert len(worst) == 666380
     cases = [(worst, "truncated"), (bytes(len(worst)), "invalid Exp-Golomb code"),
              (b"\xff" * len(worst), "shift 31 or Exp-Golomb order 15 out of range")]
-    read_network_params(_worst_case_section(make_arch(size=(8, 8)), cut=0), make_arch(size=(8, 8)))  # JIT warm-up
+    with monkeypatch.context() as mp:  # JIT warm-up of the kernel on a small section
+        mp.setattr(expgolomb, "PY_READER_MAX_VALUES", 0)
+        read_network_params(_worst_case_section(make_arch(size=(8, 8)), cut=0), make_arch(size=(8, 8)))
+    assert sum(p.size for p in param_layout(arch)) > expgolomb.PY_READER_MAX_VALUES
     for sec, match in cases:
         t0 = time.perf_counter()
         with pytest.raises(BitstreamError, match=match):

@@ -84,11 +84,11 @@ def test_align_bias():
 
 
 def _arm_outputs(net, x):
-    from coolchic.decoder_runtime.arm_int import arm_forward, arm_scratch
+    from coolchic.decoder_runtime.arm_int import arm_forward_py, arm_scratch
 
     n = x.shape[1]
     out = [np.zeros(n, dtype=np.int64) for _ in range(3)]
-    arm_forward(x, n, net, arm_scratch(net, n), *out)
+    arm_forward_py(x.astype(net.wh.dtype), n, net, arm_scratch(net, n), *out)  # x of the net's type
     return np.stack(out)
 
 
@@ -117,8 +117,24 @@ def test_int32_arm_agrees_with_int64_up_to_its_bound(small_arch):
     assert int32_safe_latent_bound(build_int_arm(small_arch, big, shifts).net64, feat_bound) == -1
 
 
-def test_roundtrip_latents_beyond_the_int32_bound(small_arch):
-    """Latents above int32_safe_latent_bound switch the decoder to the int64 ARM mid-stripe."""
+def _nets_used(monkeypatch):
+    """Record the integer type of the ARM of every _decode_stripe call made from Python."""
+    from coolchic.decoder_runtime import latent_codec
+
+    kernel, used = latent_codec._decode_stripe, []
+
+    def spy(*args):
+        used.append((args[7].wh.dtype, int(args[8])))  # net, l_safe
+        return kernel(*args)
+
+    monkeypatch.setattr(latent_codec, "_decode_stripe", spy)
+    return used
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_roundtrip_latents_beyond_the_int32_bound(small_arch, monkeypatch, threads):
+    """A latent above int32_safe_latent_bound stops its stripe on the int32 ARM; the stripe is
+    decoded again on the int64 ARM (serially after the parallel kernel with 2 threads), same latents."""
     from coolchic.decoder_runtime.arm_int import int32_safe_latent_bound
     from coolchic.decoder_runtime.latent_codec import grid_features
 
@@ -131,4 +147,21 @@ def test_roundtrip_latents_beyond_the_int32_bound(small_arch):
     fine = latents[-1]
     fine[fine.shape[0] // 2, 3] = bound + 1
     fine[-1, -1] = -MAX_LATENT
+    used = _nets_used(monkeypatch)
+    _roundtrip(small_arch, latents, q, shifts, 2, threads=threads)
+    assert (np.dtype(np.int64), MAX_LATENT) in used  # the int64 kernel did run
+    if threads == 1:
+        assert (np.dtype(np.int32), bound) in used and used[-1][0] == np.int64
+
+
+def test_roundtrip_without_an_int32_bound(small_arch, monkeypatch):
+    """Weights at the format's limit leave the int32 ARM no room (bound -1): every stripe decodes on int64."""
+    from coolchic.decoder_runtime.arm_int import int32_safe_latent_bound
+
+    q, shifts, _, latents = random_int_model(small_arch, seed=6)
+    q = {k: (np.full_like(v, 2 ** 15 - 1) if k.startswith("arm.") else v) for k, v in q.items()}
+    arm = build_int_arm(small_arch, q, shifts)
+    assert int32_safe_latent_bound(arm.net64, 0) == -1
+    used = _nets_used(monkeypatch)
     _roundtrip(small_arch, latents, q, shifts, 2)
+    assert used and {u[0] for u in used} == {np.dtype(np.int64)}
