@@ -89,7 +89,8 @@ def kodak_mosaic(h: int, w: int) -> np.ndarray:
 
 
 def _peak_run(cmd):
-    """(wall seconds, peak RSS MB, stdout, stderr) of ``cmd`` in its own grandchild."""
+    """(wall seconds, peak RSS MB, stdout, stderr) of ``cmd``, run in its own grandchild
+    so that ``ru_maxrss`` is that run's own peak."""
     probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
              "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
              "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
@@ -198,21 +199,13 @@ def main() -> None:
         subprocess.run(cmd, check=True, capture_output=True)  # warm the numba cache
         walls, peaks = [], []
         for i in range(args.runs):
-            # Each run in its own grandchild, so that ru_maxrss is this run's own peak.
-            probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-                     "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-                     "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-                     "r.returncode); print(r.stdout); print(r.stderr, file=sys.stderr)")
-            r = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, check=True)
-            first, *rest = r.stdout.splitlines()
-            wall, rss_kb, rc = first.split()
-            if int(rc):
-                sys.exit(f"decode failed: {r.stderr}")
-            walls.append(float(wall))
-            peaks.append(int(rss_kb) / 1024)
+            wall, peak, stdout, _ = _peak_run(cmd)
+            rest = stdout.splitlines()
+            walls.append(wall)
+            peaks.append(peak)
             if i == 0:
                 print("\n".join(line for line in rest if line.strip()))
-            print(f"run {i + 1}: wall {float(wall):.2f} s, peak RSS {int(rss_kb) / 1024:.0f} MB")
+            print(f"run {i + 1}: wall {wall:.2f} s, peak RSS {peak:.0f} MB")
         print(f"decode wall: median {statistics.median(walls):.2f} s (range {min(walls):.2f}-{max(walls):.2f}); "
               f"peak RSS median {statistics.median(peaks):.0f} MB (range {min(peaks):.0f}-{max(peaks):.0f})")
         if args.compare:

@@ -490,14 +490,19 @@ def encode_frame(
             log.append(f"coolchic {__version__}: lambda {lmbda:g}, preset {preset.preset_name}, seed {seed}")
         with open(os.path.join(workdir, "log.txt"), "a") as f:
             f.write(log[-1] + "\n")
-    if tile_plan is not None:
-        arch = param.to_arch(frame.frame_data_type, frame.bitdepth)
-        line = (f"{tile_plan.describe(arch)}: whole-frame training would take about "
-                f"{whole_frame_training_bytes(arch) / 2**30:.1f} GiB")
+
+    def add_line(line: str) -> None:
+        """A line of the encoding's log (EncodeResult.log, and workdir/log.txt)."""
         log.append(line)
         if workdir:
             with open(os.path.join(workdir, "log.txt"), "a") as f:
                 f.write(line + "\n")
+
+    if tile_plan is not None:
+        arch = param.to_arch(frame.frame_data_type, frame.bitdepth)
+        line = (f"{tile_plan.describe(arch)}: whole-frame training would take about "
+                f"{whole_frame_training_bytes(arch) / 2**30:.1f} GiB")
+        add_line(line)
         if log_fn is not None:
             log_fn(line)
     if fe is None and not preset.warmup:
@@ -526,10 +531,8 @@ def encode_frame(
             in_phase = None
             line = (f"{name}: {r.iterations} itr{' (early stop)' if r.stopped_early else ''} loss {r.loss:.6f} "
                     f"psnr {r.psnr_db:.3f} dB rate {r.rate_bpp:.4f} bpp")
-        log.append(line)
+        add_line(line)
         if workdir:
-            with open(os.path.join(workdir, "log.txt"), "a") as f:
-                f.write(line + "\n")
             _save_checkpoint(ckpt_path, k, fe, fingerprint, counter.done,
                              seconds_before + time.time() - t_start, log)
 
