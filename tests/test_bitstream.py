@@ -234,7 +234,14 @@ def test_structure_aware_fuzz_reaches_past_the_crc(seeds):
         ops_seen.update(ops)
         t0 = time.perf_counter()
         kind, msg = _outcome(data)
-        worst = max(worst, time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        if dt >= 5.0:
+            # The first stripe that needs the int64 ARM compiles its kernel (seconds,
+            # once per process, more on a loaded machine): time the decode once more.
+            t0 = time.perf_counter()
+            _outcome(data)
+            dt = time.perf_counter() - t0
+        worst = max(worst, dt)
         stats[kind] += 1
         for stage, key in (("crc", "CRC-32"), ("architecture", "impossible decoder"), ("params", "network parameter"),
                            ("param_bound", "a parameter exceeds"), ("latents", "grid "), ("limits", "limit")):
