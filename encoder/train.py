@@ -451,7 +451,8 @@ def encode_frame(
     if not any(p.quantize_model for p in preset.training_phases):
         raise ConfigError(f"preset {preset.preset_name!r} never quantizes the networks (no quantize_model phase)")
 
-    tile_plan = plan_tiles(param.to_arch(frame.frame_data_type, frame.bitdepth), max_memory)
+    arch = param.to_arch(frame.frame_data_type, frame.bitdepth)
+    tile_plan = plan_tiles(arch, max_memory)
 
     def prepare(fe: FrameEncoder) -> FrameEncoder:
         fe.coolchic_encoder.set_n_substreams(n_substreams)
@@ -499,7 +500,6 @@ def encode_frame(
                 f.write(line + "\n")
 
     if tile_plan is not None:
-        arch = param.to_arch(frame.frame_data_type, frame.bitdepth)
         line = (f"{tile_plan.describe(arch)}: whole-frame training would take about "
                 f"{whole_frame_training_bytes(arch) / 2**30:.1f} GiB")
         add_line(line)
@@ -509,7 +509,7 @@ def encode_frame(
         fe = make_candidate(0)
     if workdir:
         with open(os.path.join(workdir, "archi.txt"), "w") as f:
-            f.write(archi_table(param.to_arch(frame.frame_data_type, frame.bitdepth)))
+            f.write(archi_table(arch))
 
     # A resumed encoding starts counting from the iterations already done.
     counter = _Counter(iterations_before, preset.total_iterations)
