@@ -46,9 +46,9 @@ KR, KB = 0.2126, 0.0722
 
 
 def _accept(prefix: bytes) -> bool:
-    from coolchic.decoder_runtime.bitstream import FORMAT_VERSION, MAGIC
+    from coolchic.decoder_runtime.bitstream import IMAGE_VERSION, MAGIC
 
-    return prefix[: len(MAGIC) + 1] == MAGIC + bytes([FORMAT_VERSION])
+    return prefix[: len(MAGIC) + 1] == MAGIC + bytes([IMAGE_VERSION])
 
 
 def yuv_to_rgb8(img: RawImage) -> np.ndarray:

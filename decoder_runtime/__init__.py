@@ -4,6 +4,7 @@ Stable API::
 
     decode(source, provider="cpu", threads=1, timings=False,
            max_pixels=None, max_memory=4 << 30) -> DecodedImage
+    decode_video(source, ...) -> iterator of DecodedImage, display order
     write_image(image: RawImage, path)      # .png .ppm .pgm .yuv, atomic
     read_image(path, ...) -> RawImage
     DecodedImage.to_numpy()  # H x W x 3, H x W (gray), YUV420Planes(y, u, v)
@@ -19,6 +20,7 @@ writable place exists, else compiled per process with a ``JitCacheWarning``
 """
 
 from .api import DecodedImage, decode
+from .video import decode_video
 from .arch import DecoderArch
 from .errors import (
     BitstreamError,
@@ -50,6 +52,7 @@ __all__ = [
     "RawImage",
     "YUV420Planes",
     "decode",
+    "decode_video",
     "read_image",
     "write_image",
     "__version__",

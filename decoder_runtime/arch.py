@@ -33,9 +33,18 @@ MAX_SYNTH_KERNEL = 9
 MAX_UPS_KERNEL = 16
 
 
-def n_output_channels(frame_data_type: str) -> int:
-    """Channels produced by the synthesis: 1 for gray, 3 otherwise."""
-    return 1 if frame_data_type == "gray" else 3
+FRAME_TYPES = ("I", "P", "B")
+
+
+def n_output_channels(frame_data_type: str, frame_type: str = "I") -> int:
+    """Channels produced by the synthesis.
+
+    An intra frame: its planes, 1 for gray and 3 otherwise. An inter frame
+    adds what ``inter.py`` combines with the references: P, the mask alpha and
+    one motion field (2); B, alpha, two motion fields (4) and the blend beta.
+    """
+    planes = 1 if frame_data_type == "gray" else 3
+    return planes + {"I": 0, "P": 3, "B": 6}[frame_type]
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ class DecoderArch:
     flag_common_randomness: bool = False
     common_randomness_seed: int = 0
     final_upsampling_type: str = "bicubic"
+    frame_type: str = "I"
 
     def __post_init__(self) -> None:
         validate_arch(self)
@@ -143,7 +153,17 @@ class DecoderArch:
     # ---- derived quantities -------------------------------------------------
     @property
     def n_out(self) -> int:
+        """Synthesis output channels (``n_output_channels``)."""
+        return n_output_channels(self.frame_data_type, self.frame_type)
+
+    @property
+    def n_planes(self) -> int:
+        """Planes of the decoded image: 1 (gray) or 3."""
         return n_output_channels(self.frame_data_type)
+
+    @property
+    def is_inter(self) -> bool:
+        return self.frame_type != "I"
 
     @property
     def latent_levels(self) -> Tuple[int, ...]:
@@ -346,6 +366,8 @@ def validate_arch(a: DecoderArch) -> None:
         )
     if a.frame_data_type not in FRAME_DATA_TYPES:
         raise ConfigError(f"frame_data_type must be one of {FRAME_DATA_TYPES}, got {a.frame_data_type!r}")
+    if a.frame_type not in FRAME_TYPES:
+        raise ConfigError(f"frame_type must be one of {FRAME_TYPES}, got {a.frame_type!r}")
     if not 8 <= a.bitdepth <= 16:
         raise ConfigError(f"bitdepth must be in [8, 16], got {a.bitdepth}")
     if a.frame_data_type == "yuv420" and (h % 2 or w % 2):
@@ -390,7 +412,8 @@ def validate_arch(a: DecoderArch) -> None:
         cin = layer.out_channels
     if cin != a.n_out:
         raise ConfigError(
-            f"the last synthesis layer outputs {cin} channels, a {a.frame_data_type} frame needs {a.n_out} (use X)"
+            f"the last synthesis layer outputs {cin} channels, a {a.frame_data_type} {a.frame_type} frame needs "
+            f"{a.n_out} (use X)"
         )
     if a.final_upsampling_type not in FINAL_UPSAMPLING_TYPES:
         raise ConfigError(

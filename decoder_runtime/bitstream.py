@@ -23,6 +23,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from .arch import (
+    FRAME_TYPES,
     ARM_CONTEXT_STEP,
     DEFAULT_MAX_PIXELS,
     FINAL_UPSAMPLING_TYPES,
@@ -43,9 +44,11 @@ from .errors import BitstreamError, ConfigError, ResourceLimitError
 from .expgolomb import read_network_params
 
 MAGIC = b"Cc"
-FORMAT_VERSION = 1
+IMAGE_VERSION = 1  # a file holding one intra frame
+SEQUENCE_VERSION = 2  # a file holding a sequence of I, P and B frames (decoder_runtime/sequence.py)
+FORMAT_VERSION = SEQUENCE_VERSION  # the newest version this reader knows
+READABLE_VERSIONS = (IMAGE_VERSION, SEQUENCE_VERSION)
 MAX_SUBSTREAMS = 64
-FRAME_TYPES = ("I",)
 _REFERENCE_HINT = (
     " (it may be a bitstream of the reference Cool-chic, a format this decoder does not read)"
 )
@@ -143,13 +146,26 @@ def check_magic(data: bytes, n_bytes: Optional[int] = None) -> int:
         hint = _REFERENCE_HINT if data[0] == 0 and 0 < data[1] < 128 else ""
         raise BitstreamError(f"not a coolchic bitstream: bad magic {bytes(data[:4])!r}{hint}")
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"unsupported bitstream version {version} (this decoder reads version {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(
+            f"unsupported bitstream version {version} (this decoder reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: a newer coolchic wrote it)"
+        )
     return version
 
 
-def _read_header(r: _Reader, version: int, max_pixels: Optional[int]) -> Header:
-    r.pos = len(MAGIC) + 1
+def check_image_magic(data: bytes, n_bytes: Optional[int] = None) -> int:
+    """:func:`check_magic` for an image file; a sequence file is refused by name."""
+    version = check_magic(data, n_bytes)
+    if version == SEQUENCE_VERSION:
+        raise BitstreamError("this file holds a video sequence (format version 2): decode it with decode_video "
+                             "(coolchic-decode writes all its frames)")
+    return version
+
+
+def _read_header(r: _Reader, version: int, max_pixels: Optional[int], inter: bool = False) -> Header:
+    """The image header from ``r.pos``; ``inter``: inside a sequence, where P and B frames may occur."""
+    start = r.pos
     h = r.varint("image height", 0, MAX_IMAGE_SIDE - 1) + 1
     w = r.varint("image width", 0, MAX_IMAGE_SIDE - 1) + 1
     if max_pixels is not None and h * w > max_pixels:
@@ -160,8 +176,8 @@ def _read_header(r: _Reader, version: int, max_pixels: Optional[int]) -> Header:
     bitdepth = (fmt & 0x0F) + 8
     fdt = (fmt >> 4) & 0x03
     ftype = fmt >> 6
-    if ftype >= len(FRAME_TYPES):
-        raise BitstreamError(f"frame type {ftype} is not supported (only intra frames)")
+    if ftype >= (len(FRAME_TYPES) if inter else 1):
+        raise BitstreamError(f"frame type {ftype} is not valid here ({'0 to 2' if inter else 'an image file holds an intra frame, 0'})")
     lo = r.varint("latent resolution low", 0, MAX_LATENT_LEVEL)
     hi = r.varint("latent resolution high", 0, MAX_LATENT_LEVEL)
     hyper = None
@@ -217,10 +233,12 @@ def _read_header(r: _Reader, version: int, max_pixels: Optional[int]) -> Header:
             flag_common_randomness=bool(flags & 4),
             common_randomness_seed=seed,
             final_upsampling_type=FINAL_UPSAMPLING_TYPES[fin],
+            frame_type=FRAME_TYPES[ftype],
         )
     except ConfigError as e:
         raise BitstreamError(f"the header describes an impossible decoder: {e}") from None
-    return Header(version, FRAME_TYPES[ftype], arch, n_sub, r.pos)
+    # Counted as in an image file, from its magic: the bounds below are stated for files.
+    return Header(version, FRAME_TYPES[ftype], arch, n_sub, r.pos - start + len(MAGIC) + 1)
 
 
 def read_header(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, n_bytes: Optional[int] = None) -> Header:
@@ -229,8 +247,10 @@ def read_header(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, n_b
     No CRC check (that needs the whole file): :func:`read_bitstream` does it.
     ``n_bytes``: the whole file's size, when ``data`` is only its start.
     """
-    version = check_magic(data, n_bytes)
-    return _read_header(_Reader(data, len(data)), version, max_pixels)
+    version = check_image_magic(data, n_bytes)
+    r = _Reader(data, len(data))
+    r.pos = len(MAGIC) + 1
+    return _read_header(r, version, max_pixels)
 
 
 # Upper bounds of a well-formed bitstream's parts (docs/bitstream.md):
@@ -265,7 +285,10 @@ def check_file_start(data: bytes, n_bytes: int, max_pixels: Optional[int] = DEFA
     whole only when small (its error is then the reader's own, a CRC
     mismatch for a corrupted file), refused unread otherwise.
     """
-    check_magic(data, n_bytes)
+    if check_magic(data, n_bytes) == SEQUENCE_VERSION:
+        from .sequence import check_sequence_start
+
+        return check_sequence_start(data, n_bytes, max_pixels, max_memory)
     try:
         header = read_header(data, max_pixels, n_bytes)
     except ResourceLimitError:
@@ -294,20 +317,33 @@ def read_bitstream(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     """
     if not isinstance(data, bytes):
         data = bytes(data)
-    version = check_magic(data)
-    crc_stored = int.from_bytes(data[-4:], "little")
-    if zlib.crc32(memoryview(data)[:-4]) != crc_stored:  # a view: no copy of the file
-        raise BitstreamError("the bitstream is corrupted or truncated: CRC-32 mismatch")
-
+    version = check_image_magic(data)
+    check_crc(data, 0, len(data), "the bitstream")
     r = _Reader(data, len(data) - 4)
-    header = _read_header(r, version, max_pixels)
+    r.pos = len(MAGIC) + 1
+    return read_frame_body(r, version, max_pixels, max_memory)
+
+
+def check_crc(data: bytes, start: int, end: int, what: str) -> None:
+    """The CRC-32 in ``data[end-4:end]`` against the bytes ``data[start:end-4]``."""
+    crc_stored = int.from_bytes(data[end - 4:end], "little")
+    if end - start < 4 or zlib.crc32(memoryview(data)[start:end - 4]) != crc_stored:  # a view: no copy
+        raise BitstreamError(f"{what} is corrupted or truncated: CRC-32 mismatch")
+
+
+def read_frame_body(r: _Reader, version: int, max_pixels: Optional[int], max_memory: Optional[int],
+                    inter: bool = False) -> Bitstream:
+    """Header, parameters and substreams from ``r.pos`` to ``r.end`` (the CRC already checked)."""
+    start = r.pos
+    header = _read_header(r, version, max_pixels, inter)
     arch, n_sub = header.arch, header.n_substreams
+    n_bytes = r.end + 4 - start + len(MAGIC) + 1  # as an image file: magic, version, ..., CRC
     limit = max_bitstream_bytes(header)
-    if len(data) > limit:
+    if n_bytes > limit:
         raise BitstreamError(
-            f"the bitstream is {len(data)} bytes, more than one with this header can hold ({limit} bytes)"
+            f"the bitstream is {n_bytes} bytes, more than one with this header can hold ({limit} bytes)"
         )
-    check_memory(arch, len(data), max_memory)
+    check_memory(arch, n_bytes, max_memory)
 
     n_param = r.varint("parameter section length", 0, r.end - r.pos)
     section = r.take(n_param, "the parameter section")
@@ -324,6 +360,6 @@ def read_bitstream(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
         shifts=shifts,
         expgol=counts,
         substreams=tuple(subs),
-        n_bytes=len(data),
+        n_bytes=n_bytes,
         header_bytes=header_bytes,
     )

@@ -17,12 +17,14 @@ from .image_io import PNG_COMPRESS_LEVEL
 PROG = "coolchic-decode"
 
 DESCRIPTION = """\
-Decode a coolchic bitstream (.cool) into an image.
+Decode a coolchic bitstream (.cool) into an image, or a sequence file into its frames.
 
 The output format follows the file extension and must suit the frame:
 rgb -> .png (8 or 16 bit) or .ppm; gray -> .png or .pgm; yuv420/yuv444 -> .yuv
-(raw planar, 8 bit as bytes, more as 16-bit little-endian). The output file is
-written atomically: it appears complete or not at all.
+(raw planar, 8 bit as bytes, more as 16-bit little-endian). The frames of a
+sequence go, in display order, into one .yuv file or into numbered images
+named by a printf pattern (frame_%%03d.png). Output files are written
+atomically: each appears complete or not at all.
 """
 
 EPILOG = """\
@@ -30,6 +32,8 @@ examples:
   coolchic-decode -i kodim14.cool -o kodim14.png
   coolchic-decode -i clip.cool -o clip_1920x1080_yuv420_10b.yuv --threads 2 --verbose
   coolchic-decode -i huge.cool -o huge.png --max-memory 16G
+  coolchic-decode -i clip.cool -o clip_640x272_25p_yuv420_8b.yuv      # a sequence, all frames
+  coolchic-decode -i clip.cool -o frame_%03d.png                      # one PNG per frame
 """
 
 
@@ -155,6 +159,8 @@ def _run(argv: Optional[List[str]]) -> int:
         from .image_io import IMAGE_EXTENSIONS, extension_of, write_image
 
         ext = extension_of(args.output)
+        if _is_sequence(args.input):
+            return _decode_sequence(args)
         if ext not in IMAGE_EXTENSIONS:
             # Checked before decoding: a wrong name should not cost a decode.
             raise ImageIOError(f"{args.output}: unknown output extension {ext or '(none)'!r}; use .png .ppm .pgm or .yuv")
@@ -175,6 +181,71 @@ def _run(argv: Optional[List[str]]) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _is_sequence(path: str) -> bool:
+    from .bitstream import MAGIC, SEQUENCE_VERSION
+
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(MAGIC) + 1)
+    except OSError:
+        return False  # decode() reports it
+    return start == MAGIC + bytes([SEQUENCE_VERSION])
+
+
+def _decode_sequence(args) -> int:
+    """All frames of a sequence file, display order, into one .yuv or a numbered series of images."""
+    import time
+
+    from .atomic_file import atomic_open
+    from .image_io import IMAGE_EXTENSIONS, encode_image, extension_of, write_image
+    from .video import decode_video
+
+    out = args.output
+    ext = extension_of(out)
+    pattern = "%" in out
+    if pattern:
+        try:
+            out % 0
+        except (TypeError, ValueError):
+            raise ImageIOError(f"{out}: not a printf pattern with one integer (e.g. frame_%03d.png)") from None
+        if ext not in IMAGE_EXTENSIONS:
+            raise ImageIOError(f"{out}: unknown output extension {ext or '(none)'!r}; use .png .ppm .pgm or .yuv")
+    elif ext != ".yuv":
+        raise ImageIOError(f"{out}: a sequence decodes to one .yuv file or to a pattern such as frame_%03d.png")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+        raise ImageIOError(f"{out}: directory {out_dir} does not exist")
+    t0 = time.perf_counter()
+    frames = decode_video(args.input, provider=args.provider, threads=args.threads, timings=True,
+                          max_memory=args.max_memory, max_pixels=args.max_pixels)
+    n = 0
+    if pattern:
+        for n, dec in enumerate(frames, 1):
+            write_image(dec.image, out % (n - 1), args.png_compress_level)
+            _frame_line(args, n - 1, dec)
+    else:
+        try:
+            with atomic_open(out) as f:
+                for n, dec in enumerate(frames, 1):
+                    f.write(encode_image(dec.image, ".yuv"))
+                    _frame_line(args, n - 1, dec)
+        except OSError as e:
+            raise ImageIOError(f"cannot write {out}: {e.strerror or e}") from None
+    if args.verbose:
+        total = time.perf_counter() - t0
+        size = os.path.getsize(args.input)
+        print(f"{args.input}: {size} bytes, {n} frames in {total:.2f} s ({n / total:.1f} frames/s); wrote {out}")
+    return 0
+
+
+def _frame_line(args, index: int, dec) -> None:
+    if args.verbose and dec.timings:
+        t = dec.timings
+        print(f"frame {index}: latents {1e3 * t.get('latents', 0):.1f} ms, synthesis "
+              f"{1e3 * t.get('upsampling_synthesis', 0):.1f} ms, motion compensation "
+              f"{1e3 * t.get('motion_compensation', 0):.1f} ms, total {1e3 * t['total']:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Built from the architecture in the header and the dequantized weights, which
 become initializers: every shape is static, so onnxruntime plans the whole
 frame once. Inputs ``latent_0 .. latent_{N-1}`` (float32 ``[1, 1, h_i, w_i]``,
 0 = finest) and, with common randomness, ``cr_0 .. cr_{N-1}``; output
-``image``, float32 ``[1, n_out, H, W]`` clamped to [0, 1].
+``image``, float32 ``[1, n_out, H, W]`` clamped to [0, 1] (an inter frame: not clamped,
+see inter.py).
 The maths is ``docs/architecture.md`` sections 3 to 5;
 :mod:`decoder_runtime.reference_numpy` is its plain-numpy twin.
 """
@@ -256,9 +257,13 @@ def build_decoder_model_bytes(arch: DecoderArch, params: Mapping[str, np.ndarray
         out_hw = (y1 - y0, arch.img_size[1])
         if (y0, y1) != win.dense_rows[0]:
             x = g.slice_hw(x, y0 - win.dense_rows[0][0], y1 - y0, 0, out_hw[1])
-    lo = g.const("zero", np.float32(0.0))
-    hi = g.const("one", np.float32(1.0))
-    g.nodes.append(onnx_proto.node("Clip", [x, lo, hi], ["image"], "image", {}))
+    if arch.is_inter:
+        # Residue and motion: combined with the references (inter.py) before any clamp.
+        g.nodes.append(onnx_proto.node("Identity", [x], ["image"], "image", {}))
+    else:
+        lo = g.const("zero", np.float32(0.0))
+        hi = g.const("one", np.float32(1.0))
+        g.nodes.append(onnx_proto.node("Clip", [x, lo, hi], ["image"], "image", {}))
     out = onnx_proto.value_info("image", [1, arch.n_out, *out_hw])
     return onnx_proto.model(g.nodes, g.inits, inputs, [out], "coolchic_decoder", OPSET, IR_VERSION, PRODUCER)
 

@@ -27,6 +27,11 @@ examples:
   coolchic-encode -i clip_1920x1080_30p_yuv420_10b.yuv -o clip.cool --dec-cfg lop
   coolchic-encode -i img.png -o img.cool --arm 24,2 --layers_synthesis 48-1-linear-relu,X-1-linear-none,X-3-residual-none
 
+video (one sequence file; frames other than I and P are hierarchical B frames):
+  low-delay P:    coolchic-encode -i clip_640x272_25p_yuv420_8b.yuv -o clip.cool --n-frames 9 --intra-pos 0 --p-pos 1-8
+  random access:  coolchic-encode -i clip_640x272_25p_yuv420_8b.yuv -o clip.cool --n-frames 9 --intra-pos 0 --p-pos 8
+  PNG frames:     coolchic-encode -i frame_%03d.png -o clip.cool --n-frames 17 --intra-period 16 --p-pos 8
+
 Decoder configurations (--dec-cfg): vlop, lop, mop, hop, vhop (about 330, 620,
 1240, 2240, 2830 multiplications per pixel), or a path to a .cfg file.
 Encoder presets (--preset): fast, medium, slow (2000, 10000, 30000 iterations:
@@ -75,7 +80,7 @@ def add_decoder_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Encode an image into a coolchic bitstream (overfitted neural codec).",
+        description="Encode an image, or a video into a sequence file, with coolchic (overfitted neural codec).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -88,9 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="raw YUV: chroma format, when the file name does not say it")
     io.add_argument("--bitdepth", type=int, choices=range(8, 17), metavar="8..16",
                     help="raw YUV: bit depth, when the file name does not say it")
-    io.add_argument("--frame", type=int, default=0, metavar="N", help="raw YUV: index of the frame to encode (default 0)")
+    io.add_argument("--frame", type=int, default=0, metavar="N",
+                    help="raw YUV: index of the frame to encode, or of a sequence's first frame (default 0)")
     io.add_argument("--export-onnx", type=Path, metavar="DIR",
                     help="also export the upsampling + synthesis of this bitstream as ONNX into DIR")
+
+    vid = p.add_argument_group("video (coding structure as the reference Cool-chic's)")
+    vid.add_argument("--n-frames", "--n_frames", type=positive_int, default=None, metavar="N",
+                     help="frames to code: more than 1 (or an input pattern such as frame_%%03d.png) writes a "
+                     "sequence file")
+    vid.add_argument("--intra-pos", "--intra_pos", default=None, metavar="POS",
+                     help="display indices of the intra frames, e.g. 0 or 0,16 or 0-2 (default 0)")
+    vid.add_argument("--p-pos", "--p_pos", default="", metavar="POS",
+                     help="display indices of the P frames, same syntax (default none)")
+    vid.add_argument("--intra-period", "--intra_period", type=positive_int, default=None, metavar="K",
+                     help="one intra frame every K frames (instead of --intra-pos)")
+    vid.add_argument("--dec-cfg-inter", "--dec_cfg_inter", default="inter", metavar="NAME",
+                     help="decoder configuration of the P and B frames, whose Cool-chic also outputs the motion, "
+                     "mask and blend (default inter: lop with one 3x3 residual layer)")
+    vid.add_argument("--no-motion-init", dest="motion_init", action="store_false",
+                     help="start the motion from zero instead of an optical-flow estimate (OpenCV DIS)")
 
     rd = p.add_argument_group("rate-distortion and effort")
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
@@ -152,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     t_start = time.perf_counter()
     try:
-        if not args.input.exists():
+        if not args.input.exists() and "%" not in str(args.input):
             return _fail(f"input file not found: {args.input}")
         if args.output.exists() and args.output.is_dir():
             return _fail(f"output is a directory: {args.output}")
@@ -161,6 +183,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         problem = _unwritable(args)
         if problem:
             return _fail(problem)
+        if (args.n_frames or 1) > 1 or "%" in str(args.input) or args.intra_pos or args.p_pos or args.intra_period:
+            return _encode_video(args, t_start)
         image = read_image(
             args.input, width=args.width, height=args.height,
             frame_data_type=args.frame_data_type, bitdepth=args.bitdepth, frame_index=args.frame,
@@ -204,6 +228,60 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     if args.export_onnx:
         print(f"ONNX upsampling + synthesis: {os.fspath(args.export_onnx)}")
+    return 0
+
+
+def _encode_video(args: argparse.Namespace, t_start: float) -> int:
+    """The sequence path of :func:`main` (its errors are caught there)."""
+    from coolchic.decoder_runtime.atomic_file import atomic_write_bytes
+    from coolchic.decoder_runtime.coding_structure import intra_period_positions, parse_positions
+
+    from .api import _progress_bar, _progress_log
+    from .video import encode_video, frame_rate_from_name, read_sequence
+
+    frames = read_sequence(args.input, args.n_frames, args.frame, args.width, args.height, args.frame_data_type,
+                           args.bitdepth)
+    n = len(frames)
+    if args.intra_period and args.intra_pos:
+        return _fail("give --intra-pos or --intra-period, not both")
+    intra = (intra_period_positions(n, args.intra_period) if args.intra_period
+             else parse_positions(args.intra_pos or "0", n, "--intra-pos"))
+    p_pos = parse_positions(args.p_pos, n, "--p-pos") if args.p_pos else ()
+    if args.device == "cpu":
+        from . import cpu
+
+        cpu.configure_cpu(args.threads)
+    bars = not args.quiet and sys.stderr.isatty()
+    log_every = None if args.quiet or bars else max(0, args.log_every)
+
+    def progress(total: int):
+        bar, cb = _progress_bar(total, bars)
+        if cb is None and log_every:
+            cb = _progress_log(log_every)
+        return bar, cb
+
+    def frame_done(k: int, total: int, s: dict) -> None:
+        if not args.quiet:
+            print(f"frame {k + 1}/{total} (display {s['display_index']}, {s['type']}, lambda {s['lmbda']:g}): "
+                  f"{s['bytes']} bytes, PSNR {s['psnr_db']:.2f} dB, {s['seconds']:.1f} s"
+                  f"{' (resumed)' if s['resumed'] else ''}", file=sys.stderr, flush=True)
+
+    def log_line(text: str) -> None:
+        if not args.quiet:
+            print(f"coolchic: {text}", file=sys.stderr, flush=True)
+
+    res = encode_video(frames, intra, p_pos, lmbda=args.lmbda, preset=args.preset, dec_cfg=args.dec_cfg,
+                       dec_cfg_inter=args.dec_cfg_inter, overrides=decoder_overrides(args), n_itr=args.n_itr,
+                       device=args.device, threads=args.threads, workdir=args.workdir, seed=args.seed,
+                       n_substreams=args.substreams, fps=frame_rate_from_name(args.input),
+                       motion_init=args.motion_init, log_fn=log_line, frame_callback=frame_done,
+                       progress_fn=progress if (bars or log_every) else None)
+    atomic_write_bytes(args.output, res.bitstream)
+    h, w = frames[0].height, frames[0].width
+    bpp = 8 * len(res.bitstream) / (n * h * w)
+    psnr = sum(s["psnr_db"] for s in res.frames) / n
+    print(f"{args.output}: {n} frames, {len(res.bitstream)} bytes, {bpp:.4f} bpp, mean PSNR {psnr:.2f} dB, "
+          f"encode {time.perf_counter() - t_start:.1f} s")
     return 0
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from coolchic.decoder_runtime.arch import (
     DecoderArch,
     modules_to_send,
+    FRAME_TYPES,
     n_output_channels,
     param_layout,
     parse_synthesis_layer,
@@ -81,7 +82,7 @@ class CoolChicEncoderParameter:
     def with_image_size(self, height: int, width: int) -> "CoolChicEncoderParameter":
         return dataclasses.replace(self, img_size=(int(height), int(width)))
 
-    def to_arch(self, frame_data_type: str = "rgb", bitdepth: int = 8) -> DecoderArch:
+    def to_arch(self, frame_data_type: str = "rgb", bitdepth: int = 8, frame_type: str = "I") -> DecoderArch:
         """The DecoderArch of this parameter set (raises ConfigError if inconsistent)."""
         if self.img_size is None:
             raise ConfigError("img_size is not set: call with_image_size(height, width) first")
@@ -95,7 +96,9 @@ class CoolChicEncoderParameter:
                      "output_feature_ifce", "common_randomness_seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
-        n_out = n_output_channels(frame_data_type)
+        if frame_type not in FRAME_TYPES:
+            raise ConfigError(f"frame_type must be one of {FRAME_TYPES}, got {frame_type!r}")
+        n_out = n_output_channels(frame_data_type, frame_type)
         layers = tuple(parse_synthesis_layer(s, n_out) for s in self.layers_synthesis)
         ifce = _pair(self.ifce_resolution, "ifce_resolution")
         return DecoderArch(
@@ -117,6 +120,7 @@ class CoolChicEncoderParameter:
             flag_common_randomness=bool(self.flag_common_randomness),
             common_randomness_seed=self.common_randomness_seed,
             final_upsampling_type=self.final_upsampling_type,
+            frame_type=frame_type,
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -150,10 +154,11 @@ class CoolChicEncoderOutput:
 class CoolChicEncoder(nn.Module):
     """Cool-chic encoder for one frame (see module docstring)."""
 
-    def __init__(self, param: CoolChicEncoderParameter, frame_data_type: str = "rgb", bitdepth: int = 8):
+    def __init__(self, param: CoolChicEncoderParameter, frame_data_type: str = "rgb", bitdepth: int = 8,
+                 frame_type: str = "I"):
         super().__init__()
         self.param = param
-        self.arch = arch = param.to_arch(frame_data_type, bitdepth)
+        self.arch = arch = param.to_arch(frame_data_type, bitdepth, frame_type)
         self.encoder_gain = float(param.encoder_gain if param.encoder_gain is not None else DEFAULT_ENCODER_GAIN)
         self.modules_to_send = modules_to_send(arch)
         self.coded = arch.coded_grids()

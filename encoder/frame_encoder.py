@@ -2,9 +2,10 @@
 plus the frame-level conventions (data type, bit depth, yuv420 chroma layout,
 output rounding), and the frame tensors it is trained against.
 
-Only intra (I) frames exist today. ``frame_type`` and ``reference_frames`` are
-already part of the interface so that P and B frames (a motion Cool-chic and a
-residue Cool-chic using the references) can be added without reshaping it.
+An intra (I) frame's decoded image is the Cool-chic's output. A P or B frame's
+Cool-chic also outputs motion, a mask and (B) a blend, which the
+``InterCodingModule`` (``inter.py``) applies to the decoded reference frames,
+given to ``forward(reference_frames=...)`` or held by ``set_references``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from coolchic.decoder_runtime.errors import ConfigError
 from coolchic.decoder_runtime.frame import RawImage
 
 from .coolchic import CoolChicEncoder, CoolChicEncoderParameter
+from .inter import InterCodingModule
 
 FRAME_TYPES = ("I", "P", "B")
 SAVE_FORMAT_VERSION = 1
@@ -118,15 +120,25 @@ class FrameEncoder(nn.Module):
         super().__init__()
         if frame_type not in FRAME_TYPES:
             raise ConfigError(f"frame_type must be one of {FRAME_TYPES}, got {frame_type!r}")
-        if frame_type != "I":
-            raise ConfigError(f"frame_type {frame_type!r}: only intra (I) frames are implemented")
         if frame_data_type not in FRAME_DATA_TYPES:
             raise ConfigError(f"frame_data_type must be one of {FRAME_DATA_TYPES}, got {frame_data_type!r}")
         self.frame_type = frame_type
         self.frame_data_type = frame_data_type
         self.bitdepth = int(bitdepth)
         self.coolchic_encoder_param = coolchic_encoder_param
-        self.coolchic_encoder = CoolChicEncoder(coolchic_encoder_param, frame_data_type, self.bitdepth)
+        self.coolchic_encoder = CoolChicEncoder(coolchic_encoder_param, frame_data_type, self.bitdepth, frame_type)
+        self.inter_coding_module = InterCodingModule(frame_type) if frame_type != "I" else None
+        self.references: Tuple[Tensor, ...] = ()
+        # (target motion (1, 2 or 4, H, W), weight): a training-only pull of the
+        # motion towards an optical-flow estimate; None once training is on its own.
+        self.motion_guidance: Optional[Tuple[Tensor, float]] = None
+
+    def set_references(self, references: Sequence[Tensor]) -> None:
+        """The decoded reference frames, dense (1, C, H, W) in [0, 1] (yuv420 chroma repeated 2x2)."""
+        n = {"I": 0, "P": 1, "B": 2}[self.frame_type]
+        if len(references) != n:
+            raise ConfigError(f"a {self.frame_type} frame needs {n} reference frame(s), got {len(references)}")
+        self.references = tuple(references)
 
     @property
     def arch(self):
@@ -150,10 +162,21 @@ class FrameEncoder(nn.Module):
             AC_MAX_VAL=AC_MAX_VAL,
             flag_additional_outputs=flag_additional_outputs,
         )
-        return self.postprocess(out.raw_out, out.rate, out.additional_data)
+        extra = dict(out.additional_data or {})
+        if self.training and self.motion_guidance is not None and self.inter_coding_module is not None:
+            target, weight = self.motion_guidance
+            flows = self.inter_coding_module.flows(out.raw_out)
+            extra["guidance_loss"] = weight * torch.mean((flows - target) ** 2)
+        return self.postprocess(out.raw_out, out.rate, extra, reference_frames)
 
-    def postprocess(self, raw_out: Tensor, rate: Tensor, additional_data=None) -> FrameEncoderOutput:
+    def postprocess(self, raw_out: Tensor, rate: Tensor, additional_data=None,
+                    reference_frames: Optional[Sequence[Tensor]] = None) -> FrameEncoderOutput:
         x = raw_out
+        if self.inter_coding_module is not None:
+            refs = tuple(reference_frames) if reference_frames else self.references
+            if not refs:
+                raise ConfigError(f"a {self.frame_type} frame needs its reference frames (set_references)")
+            x = self.inter_coding_module(raw_out, refs)
         if not self.training:
             # What the decoder writes to the file: integers at the frame's bit depth.
             maxv = float((1 << self.bitdepth) - 1)

@@ -20,6 +20,7 @@ from .coolchic import CoolChicEncoderParameter
 from .train import EncoderPreset, TrainerPhase, WarmupPhase
 
 DECODER_CONFIGS = ("vlop", "lop", "mop", "hop", "vhop")
+INTER_DECODER_CONFIGS = ("inter",)  # P and B frames (encoder/video.py)
 ENCODER_PRESETS = ("debug", "fast", "medium", "slow")
 
 
@@ -35,7 +36,7 @@ def _read_cfg_text(kind: str, name_or_path: str) -> Tuple[str, str]:
             raise ConfigError(f"cannot read configuration file {p}: {e.strerror}") from None
     res = importlib.resources.files("coolchic.cfg").joinpath(kind, p + ".cfg")
     if not res.is_file():
-        known = DECODER_CONFIGS if kind == "dec" else ENCODER_PRESETS
+        known = DECODER_CONFIGS + INTER_DECODER_CONFIGS if kind == "dec" else ENCODER_PRESETS
         raise ConfigError(f"unknown {'decoder configuration' if kind == 'dec' else 'encoder preset'} {p!r}; "
                           f"bundled: {', '.join(known)} (or give a path to a .cfg file)")
     return res.read_text(encoding="utf-8"), f"cfg/{kind}/{p}.cfg"

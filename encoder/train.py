@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+from torch import Tensor
 
 from coolchic import __version__
 from coolchic.decoder_runtime.errors import ConfigError, EncodeError
@@ -199,7 +200,8 @@ def loss_backward(frame_encoder: FrameEncoder, frame: FrameData, lmbda: float, q
         out = frame_encoder(**quant)
         res = loss_function(out.decoded_planes, out.rate, frame.planes, lmbda, rate_mlp_bit=nn_bits,
                             compute_logs=compute_logs)
-        res.loss.backward()
+        guidance = out.additional_data.get("guidance_loss")
+        (res.loss if guidance is None else res.loss + guidance).backward()
         return res
     step = tiled_backward(frame_encoder, frame.planes, lmbda, plan, **quant)
     n_pixels = frame.height * frame.width
@@ -355,9 +357,9 @@ def warmup(
 
 # ---- full encoding with checkpoints -------------------------------------------
 def _fingerprint(frame: FrameData, param: CoolChicEncoderParameter, preset: EncoderPreset, lmbda: float,
-                 seed: int, n_substreams: int) -> str:
+                 seed: int, n_substreams: int, frame_type: str = "I", references: Sequence[Tensor] = ()) -> str:
     h = hashlib.sha256()
-    for p in frame.planes:
+    for p in tuple(frame.planes) + tuple(references):
         h.update(p.detach().cpu().numpy().tobytes())
     meta = {
         "param": param.to_dict(),
@@ -365,6 +367,7 @@ def _fingerprint(frame: FrameData, param: CoolChicEncoderParameter, preset: Enco
         "lmbda": lmbda,
         "seed": seed,
         "n_substreams": n_substreams,
+        "frame_type": frame_type,
         "frame": [frame.frame_data_type, frame.bitdepth, frame.height, frame.width],
     }
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
@@ -422,6 +425,8 @@ def encode_frame(
     n_substreams: int = 1,
     max_memory: Optional[int] = None,
     log_fn: Optional[Callable[[str], None]] = None,
+    references: Sequence[Tensor] = (),
+    motion_guidance: Optional[Tuple[Tensor, float]] = None,
 ) -> EncodeResult:
     """Overfit a FrameEncoder to ``frame`` (RawImage or FrameData).
 
@@ -435,6 +440,10 @@ def encode_frame(
     latent context they leave. ``max_memory``: training memory budget in bytes
     (None: ``tiling.default_max_memory()``); above it the frame trains in
     bands (``tiling.plan_tiles``), which ``log_fn`` (a line sink) is told.
+    ``frame_type`` "P" or "B": ``references`` are the decoded reference
+    frames (dense, see ``FrameEncoder.set_references``); ``motion_guidance``
+    (target motion, weight) pulls the warm-up candidates' motion towards an
+    optical-flow estimate (``FrameEncoder.motion_guidance``), then is dropped.
     """
     if not lmbda > 0:
         raise ConfigError(f"lambda must be positive, got {lmbda}")
@@ -451,22 +460,29 @@ def encode_frame(
     if not any(p.quantize_model for p in preset.training_phases):
         raise ConfigError(f"preset {preset.preset_name!r} never quantizes the networks (no quantize_model phase)")
 
-    arch = param.to_arch(frame.frame_data_type, frame.bitdepth)
-    tile_plan = plan_tiles(arch, max_memory)
+    arch = param.to_arch(frame.frame_data_type, frame.bitdepth, frame_type)
+    # The bands cut the synthesis, not yet the motion compensation: inter frames train whole.
+    tile_plan = plan_tiles(arch, max_memory) if frame_type == "I" else None
+    references = tuple(r.to(device) for r in references)
 
     def prepare(fe: FrameEncoder) -> FrameEncoder:
         fe.coolchic_encoder.set_n_substreams(n_substreams)
         fe.coolchic_encoder.set_tile_plan(tile_plan)
         fe.to_device(device)
+        if frame_type != "I":
+            fe.set_references(references)
         return fe
 
     def make_candidate(i: int) -> FrameEncoder:
         torch.manual_seed(seed * 1000 + i)
         fe = FrameEncoder(param, frame_type, frame.frame_data_type, frame.bitdepth)
         fe.reinitialize_parameters()
-        return prepare(fe)
+        fe = prepare(fe)
+        if motion_guidance is not None:
+            fe.motion_guidance = (motion_guidance[0].to(device), float(motion_guidance[1]))
+        return fe
 
-    fingerprint = _fingerprint(frame, param, preset, lmbda, seed, n_substreams)
+    fingerprint = _fingerprint(frame, param, preset, lmbda, seed, n_substreams, frame_type, references)
     ckpt_path = os.path.join(workdir, CHECKPOINT_NAME) if workdir else None
     fe: Optional[FrameEncoder] = None
     first_stage, iterations_before, seconds_before, log = 0, 0, 0.0, []
@@ -517,6 +533,7 @@ def encode_frame(
         name = stages[k]
         if name == "warmup":
             fe = warmup(frame, make_candidate, preset.warmup, lmbda, callback, counter, callback_every)
+            fe.motion_guidance = None
             res = evaluate(fe, frame, lmbda)
             line = f"warmup: loss {float(res.loss):.6f} psnr {res.psnr_db:.3f} dB rate {res.total_rate_bpp:.4f} bpp"
         else:

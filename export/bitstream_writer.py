@@ -16,7 +16,8 @@ import numpy as np
 
 from coolchic.decoder_runtime.arch import FINAL_UPSAMPLING_TYPES, FRAME_DATA_TYPES, DecoderArch, modules_to_send, param_layout
 from coolchic.decoder_runtime.arm_int import build_int_arm
-from coolchic.decoder_runtime.bitstream import FORMAT_VERSION, MAGIC, MAX_SUBSTREAMS, read_bitstream
+from coolchic.decoder_runtime.arch import FRAME_TYPES
+from coolchic.decoder_runtime.bitstream import IMAGE_VERSION, MAGIC, MAX_SUBSTREAMS, read_bitstream
 from coolchic.decoder_runtime.errors import BitstreamError, EncodeError
 from coolchic.decoder_runtime.expgolomb import COUNT_BITS, MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, SHIFT_BITS, module_kinds
 from coolchic.decoder_runtime.latent_codec import decode_latent_grids
@@ -82,11 +83,17 @@ def encode_network_params(arch: DecoderArch, q_params: Mapping[str, np.ndarray],
 
 
 def encode_header(arch: DecoderArch, n_substreams: int) -> bytes:
+    """An image file's start: magic, version and :func:`encode_arch_header`."""
+    return MAGIC + bytes([IMAGE_VERSION]) + encode_arch_header(arch, n_substreams)
+
+
+def encode_arch_header(arch: DecoderArch, n_substreams: int) -> bytes:
+    """The image header, from the image height to the substream count (no magic nor version)."""
     a = arch
-    out = bytearray(MAGIC)
-    out.append(FORMAT_VERSION)
+    out = bytearray()
     out += varint(a.img_size[0] - 1) + varint(a.img_size[1] - 1)
-    out.append((a.bitdepth - 8) | (FRAME_DATA_TYPES.index(a.frame_data_type) << 4) | (0 << 6))
+    out.append((a.bitdepth - 8) | (FRAME_DATA_TYPES.index(a.frame_data_type) << 4)
+               | (FRAME_TYPES.index(a.frame_type) << 6))
     out += varint(a.latent_resolution[0]) + varint(a.latent_resolution[1])
     if a.hyper_latent_resolution is None:
         out += varint(0)
@@ -125,16 +132,19 @@ class WrittenBitstream:
     ideal_latent_bits: float  # sum of -log2 p of the integer model
 
 
-def write_bitstream(arch: DecoderArch, q_params: Mapping[str, np.ndarray], shifts: Mapping[Tuple[str, str], int],
-                    expgol: Mapping[Tuple[str, str], int], latents: Sequence[np.ndarray],
-                    n_substreams: int = 2, verify: bool = True) -> WrittenBitstream:
-    """Serialise a quantized model; with ``verify`` read it back and compare."""
+def encode_frame_body(arch: DecoderArch, q_params: Mapping[str, np.ndarray],
+                      shifts: Mapping[Tuple[str, str], int], expgol: Mapping[Tuple[str, str], int],
+                      latents: Sequence[np.ndarray], n_substreams: int, prefix: bytes = b"") -> WrittenBitstream:
+    """``prefix`` + image header + parameters + substreams + CRC-32 of all that:
+    an image file with ``prefix`` = magic and version, a sequence's frame section
+    with its frame fields (``decoder_runtime/sequence.py``). Not verified."""
     if not 1 <= n_substreams <= MAX_SUBSTREAMS:
         raise EncodeError(f"n_substreams must be in [1, {MAX_SUBSTREAMS}], got {n_substreams}")
     arm = build_int_arm(arch, q_params, shifts)
     enc = encode_latent_grids(arch, arm, latents, n_substreams)
     params = encode_network_params(arch, q_params, shifts, expgol)
-    body = bytearray(encode_header(arch, n_substreams))
+    body = bytearray(prefix)
+    body += encode_arch_header(arch, n_substreams)
     body += varint(len(params)) + params
     for s in enc.substreams[:-1]:
         body += varint(len(s))
@@ -143,17 +153,27 @@ def write_bitstream(arch: DecoderArch, q_params: Mapping[str, np.ndarray], shift
     body += zlib.crc32(bytes(body)).to_bytes(4, "little")
     data = bytes(body)
     latent_bytes = sum(len(s) for s in enc.substreams)
-    written = WrittenBitstream(data, latent_bytes, len(params), len(data) - latent_bytes - len(params), enc.ideal_bits)
+    return WrittenBitstream(data, latent_bytes, len(params), len(data) - latent_bytes - len(params), enc.ideal_bits)
+
+
+def write_bitstream(arch: DecoderArch, q_params: Mapping[str, np.ndarray], shifts: Mapping[Tuple[str, str], int],
+                    expgol: Mapping[Tuple[str, str], int], latents: Sequence[np.ndarray],
+                    n_substreams: int = 2, verify: bool = True) -> WrittenBitstream:
+    """Serialise a quantized intra frame as an image file; with ``verify`` read it back and compare."""
+    if arch.frame_type != "I":
+        raise EncodeError(f"an image file holds an intra frame, not a {arch.frame_type} frame (write a sequence)")
+    written = encode_frame_body(arch, q_params, shifts, expgol, latents, n_substreams,
+                                MAGIC + bytes([IMAGE_VERSION]))
     if verify:
         verify_bitstream(written.data, arch, q_params, latents)
     return written
 
 
-def verify_bitstream(data: bytes, arch: DecoderArch, q_params: Mapping[str, np.ndarray],
+def verify_bitstream(data, arch: DecoderArch, q_params: Mapping[str, np.ndarray],
                      latents: Sequence[np.ndarray]) -> None:
-    """Decode ``data`` with the runtime and fail loudly unless it matches."""
+    """Decode ``data`` (an image file's bytes, or a parsed Bitstream) with the runtime and fail loudly unless it matches."""
     try:
-        bs = read_bitstream(data, max_pixels=None)
+        bs = read_bitstream(data, max_pixels=None) if isinstance(data, (bytes, bytearray)) else data
         decoded = decode_latent_grids(bs.arch, build_int_arm(bs.arch, bs.q_params, bs.shifts), bs.substreams)
     except BitstreamError as e:
         raise EncodeError(f"the bitstream just written does not decode: {e}") from e

@@ -1,0 +1,110 @@
+"""Decoding a sequence file: frames in display order, without torch.
+
+    >>> for frame in decoder_runtime.decode_video("clip.cool"):
+    ...     frame.image.planes  # display order
+
+Each frame section is parsed and checked (``sequence.read_sequence_frame``),
+its latents decoded by the numba decoder, its synthesis run on onnxruntime;
+a P or B frame's output is then combined with its decoded references
+(``inter.combine``). A decoded frame is kept only while a later frame still
+references it or it still waits for its turn in display order
+(``coding_structure.max_references_alive`` bounds how many).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Dict, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from .api import DecodedImage, Source, _read_source
+from .arch import synthesis_latents
+from .budget import DEFAULT_MAX_MEMORY, parse_size
+from .frame import RawImage
+
+
+def reconstruct_frame(bs, grids, refs: Sequence[np.ndarray], provider: str = "cpu", threads: int = 1,
+                      timings: Optional[Dict[str, float]] = None) -> RawImage:
+    """The decoded frame of a parsed frame section, from its latent grids and its
+    references (dense, ``inter.dense_reference``; none for an intra frame)."""
+    from .inter import combine
+    from .reconstruct import reconstruct, synthesize, to_raw_image
+
+    arch = bs.arch
+    latents = synthesis_latents(arch, grids)
+    if arch.frame_type == "I":
+        return reconstruct(arch, bs.float_params(), latents, provider=provider, threads=threads, timings=timings)
+    raw = synthesize(arch, bs.float_params(), latents, provider, threads, timings)
+    t0 = time.perf_counter()
+    image = to_raw_image(combine(raw, arch.frame_type, refs), arch.frame_data_type, arch.bitdepth)
+    if timings is not None:
+        timings["motion_compensation"] = time.perf_counter() - t0
+    return image
+
+
+def decode_video(
+    source: Source,
+    provider: str = "cpu",
+    threads: int = 1,
+    timings: bool = False,
+    max_pixels: Optional[int] = None,
+    max_memory: Union[int, str, None] = DEFAULT_MAX_MEMORY,
+) -> Iterator[DecodedImage]:
+    """Yield the frames of a sequence file (path or bytes) in display order.
+
+    Options as :func:`decoder_runtime.decode`; ``max_memory`` applies to each
+    frame. Raises :class:`BitstreamError` (before the first frame) for a file
+    whose sections, frame count or coding structure are unsound, and when a
+    frame's section is corrupted (when that frame's turn comes).
+    """
+    from .bitstream import DEFAULT_MAX_PIXELS
+    from .inter import dense_reference
+    from .latent_codec import decode_latents
+    from .ort_session import provider_names
+    from .sequence import index_sequence, read_sequence_frame
+
+    provider_names(provider)
+    if max_pixels is None:
+        max_pixels = DEFAULT_MAX_PIXELS
+    if max_memory is not None:
+        max_memory = parse_size(max_memory)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = _read_source(source, max_pixels, max_memory)
+    header, entries = index_sequence(data, max_pixels)
+
+    uses = Counter(r for e in entries for r in e.spec.refs)
+    done: Dict[int, RawImage] = {}
+    dense: Dict[int, np.ndarray] = {}
+    frame_times: Dict[int, Dict[str, float]] = {}
+    next_out = 0
+    for entry in entries:
+        t: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        spec = entry.spec
+        bs = read_sequence_frame(data, header, entry, max_memory)
+        t1 = time.perf_counter()
+        grids = decode_latents(bs, threads=threads)
+        t2 = time.perf_counter()
+        refs = []
+        for r in spec.refs:
+            if r not in dense:
+                dense[r] = dense_reference(done[r].planes, header.bitdepth)
+            refs.append(dense[r])
+        image = reconstruct_frame(bs, grids, refs, provider, threads, t)
+        for r in spec.refs:
+            uses[r] -= 1
+        done[spec.display_index] = image
+        t.update(parse=t1 - t0, latents=t2 - t1, total=time.perf_counter() - t0)
+        frame_times[spec.display_index] = t
+        while next_out in done:
+            frame = done[next_out]
+            yield DecodedImage(frame, frame_times.pop(next_out) if timings else None)
+            next_out += 1
+        # Drop what no later frame needs: output frames no longer referenced.
+        for d in [d for d in done if d < next_out and uses[d] <= 0]:
+            del done[d]
+            dense.pop(d, None)

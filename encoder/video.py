@@ -1,0 +1,317 @@
+"""Video coding: a sequence of frames into one sequence file (format version 2).
+
+Frames are coded one after the other in decoding order
+(``decoder_runtime.coding_structure``). Each one overfits its own Cool-chic
+(``train.encode_frame``); a P or B frame's Cool-chic also outputs motion, a
+mask and a blend applied to its references (``inter.py``). The references are
+the frames *as the runtime decodes them*, so encoder and decoder never drift
+apart: every frame section is decoded by ``decoder_runtime`` right after it is
+written, checked against the encoder's own reconstruction (1 code value at
+most), and that decoded frame becomes the reference of the later frames.
+
+Per-frame choices follow the reference Cool-chic's random-access recipe: a B
+frame at hierarchy depth ``d`` uses lambda ``1.5^d * lmbda`` and
+``max(1 - 0.2 d, 0.1)`` of the main phase's iterations
+(:func:`frame_lambda`, :func:`frame_preset`). The motion starts from an
+optical-flow estimate (:func:`estimate_motion`: OpenCV's DIS when
+``opencv-python-headless`` is installed, else none): an inter frame trains
+one candidate, first pulled towards that flow (``FrameEncoder.motion_guidance``)
+for ``MOTION_PRETRAIN_FRACTION`` of its main iterations, then on its own.
+
+With ``workdir``, each finished frame's section is kept
+(``frame_NNN.section``, with a fingerprint of everything that produced it):
+an interrupted encode resumes at the first unfinished frame, which itself
+resumes from its own checkpoint (``frame_NNN/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from coolchic import __version__
+from coolchic.decoder_runtime.atomic_file import atomic_write_bytes
+from coolchic.decoder_runtime.coding_structure import FrameSpec, coding_structure
+from coolchic.decoder_runtime.errors import ConfigError, EncodeError, ImageIOError
+from coolchic.decoder_runtime.frame import RawImage
+from coolchic.decoder_runtime.inter import dense_reference
+from coolchic.decoder_runtime.latent_codec import decode_latents
+from coolchic.decoder_runtime.sequence import SequenceHeader, read_sequence_frame, section_entry
+from coolchic.decoder_runtime.video import reconstruct_frame
+from coolchic.export.sequence_writer import assemble_sequence, encode_sequence_header, write_sequence_frame
+
+from .api import default_substreams, hard_round_reconstruction, psnr_db, with_main_iterations
+from .presets import decoder_config_to_param, load_decoder_config, load_encoder_preset
+from .state import export_state
+from .train import EncoderPreset, TrainerPhase, WarmupPhase, encode_frame
+
+B_LAMBDA_FACTOR = 1.5  # lambda of a B frame at depth d: 1.5^d * lambda (the reference's random access)
+B_ITERATION_STEP = 0.2  # main iterations of a B frame at depth d: max(1 - 0.2 d, 0.1) of the preset's
+MOTION_PRETRAIN_FRACTION = 0.3  # iterations pulled towards the optical flow, in units of the main phase
+# Weight of the mean squared motion error (pixels^2) against the image MSE (in [0, 1]^2 units):
+# a 1-pixel error costs about what a 30 dB image does.
+MOTION_GUIDANCE_WEIGHT = 1e-3
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    bitstream: bytes
+    decoded: Tuple[RawImage, ...]  # display order, as the runtime decodes the bitstream
+    structure: Tuple[FrameSpec, ...]  # decoding order
+    frames: Tuple[Dict[str, Any], ...]  # per frame, decoding order: type, bytes, PSNR, lambda, seconds
+
+
+# ---- inputs ---------------------------------------------------------------------
+def read_sequence(path, n_frames: Optional[int] = None, first: int = 0, width: Optional[int] = None,
+                  height: Optional[int] = None, frame_data_type: Optional[str] = None,
+                  bitdepth: Optional[int] = None) -> List[RawImage]:
+    """Frames ``first .. first + n_frames - 1`` of a raw YUV file (format from its name,
+    ``name_WxH_FPSp_yuv420_8b.yuv``, or the arguments) or of a PNG sequence given as a
+    printf pattern (``frame_%03d.png``, numbered from 0 or 1); all frames when ``n_frames`` is None."""
+    from coolchic.decoder_runtime.image_io import read_image, read_yuv, yuv_format
+
+    text = os.fspath(path)
+    if "%" in text:
+        start = first if os.path.exists(_pattern(text, first)) or first else 1
+        if not os.path.exists(_pattern(text, start)):
+            raise ImageIOError(f"{text}: no frame {_pattern(text, first)} (nor numbered from 1)")
+        frames = []
+        while n_frames is None or len(frames) < n_frames:
+            name = _pattern(text, start + len(frames))
+            if not os.path.exists(name):
+                if n_frames is None:
+                    break
+                raise ImageIOError(f"{text}: {n_frames} frames asked for, {name} does not exist")
+            frames.append(read_image(name))
+        return frames
+    fmt = yuv_format(text, width, height, frame_data_type, bitdepth)
+    size = os.path.getsize(text)
+    total = size // fmt.frame_bytes
+    count = total - first if n_frames is None else n_frames
+    if first + count > total or count < 1:
+        raise ImageIOError(f"{text}: frames {first} to {first + count - 1} asked for, the file has {total}")
+    return [read_yuv(text, fmt, first + i) for i in range(count)]
+
+
+def _pattern(pattern: str, i: int) -> str:
+    try:
+        return pattern % i
+    except (TypeError, ValueError):
+        raise ImageIOError(f"{pattern}: not a printf pattern with one integer (e.g. frame_%03d.png)") from None
+
+
+def frame_rate_from_name(path) -> Optional[Tuple[int, int]]:
+    """``25p`` / ``60p`` in a reference-style YUV file name -> (25, 1)."""
+    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    for tok in stem.lower().split("_"):
+        if m := re.fullmatch(r"(\d+)p", tok):
+            return (int(m.group(1)), 1) if int(m.group(1)) > 0 else None
+    return None
+
+
+# ---- per-frame choices ----------------------------------------------------------------
+def frame_lambda(lmbda: float, spec: FrameSpec) -> float:
+    return lmbda * (B_LAMBDA_FACTOR ** spec.depth if spec.frame_type == "B" else 1.0)
+
+
+def _main_phase(preset: EncoderPreset) -> Tuple[int, TrainerPhase]:
+    for i, ph in enumerate(preset.training_phases):
+        if not ph.quantize_model:
+            return i, ph
+    raise ConfigError(f"preset {preset.preset_name!r} has no main training phase")
+
+
+def frame_preset(preset: EncoderPreset, spec: FrameSpec) -> EncoderPreset:
+    """The preset of one frame: as given for an intra frame. An inter frame trains a
+    single candidate, whose warm-up is the motion pre-training (guided by the
+    optical flow); a B frame's main phase shrinks with its depth."""
+    if spec.frame_type == "I":
+        return preset
+    _, main = _main_phase(preset)
+    n_main = main.max_itr
+    if spec.frame_type == "B":
+        n_main = max(1, round(n_main * max(1.0 - B_ITERATION_STEP * spec.depth, 0.1)))
+    preset = with_main_iterations(preset, n_main)
+    template = preset.warmup[0].training_phase if preset.warmup else main
+    pre = dataclasses.replace(template, max_itr=max(1, round(MOTION_PRETRAIN_FRACTION * n_main)),
+                              freq_valid=max(1, round(MOTION_PRETRAIN_FRACTION * n_main)))
+    return dataclasses.replace(preset, warmup=(WarmupPhase(1, pre),))
+
+
+def estimate_motion(frame: RawImage, ref: RawImage) -> Optional[np.ndarray]:
+    """``(2, H, W)`` float32 motion (dx, dy) in pixels with ``frame(x) ~ ref(x + v(x))``,
+    from OpenCV's DIS optical flow on the first plane (luma); None without OpenCV."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    shift = frame.bitdepth - 8
+
+    def luma8(img: RawImage) -> np.ndarray:
+        return np.ascontiguousarray((img.planes[0].astype(np.uint32) >> shift).astype(np.uint8))
+
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow = dis.calc(luma8(frame), luma8(ref), None)
+    return np.ascontiguousarray(flow.transpose(2, 0, 1).astype(np.float32))
+
+
+# ---- resume ---------------------------------------------------------------------------
+def _fingerprint(target: RawImage, refs: Sequence[RawImage], spec: FrameSpec, meta: Mapping[str, Any]) -> str:
+    h = hashlib.sha256()
+    for img in (target, *refs):
+        for p in img.planes:
+            h.update(np.ascontiguousarray(p).tobytes())
+    h.update(json.dumps({"spec": dataclasses.asdict(spec), **meta}, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+# ---- encoding -------------------------------------------------------------------------
+def encode_video(
+    frames: Sequence[RawImage],
+    intra_pos: Sequence[int] = (0,),
+    p_pos: Sequence[int] = (),
+    lmbda: float = 1e-3,
+    preset: str = "fast",
+    dec_cfg: str = "mop",
+    dec_cfg_inter: str = "inter",
+    overrides: Optional[Mapping[str, Any]] = None,
+    n_itr: Optional[int] = None,
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    workdir: Optional[Path] = None,
+    seed: int = 0,
+    n_substreams: Optional[int] = None,
+    fps: Optional[Tuple[int, int]] = None,
+    motion_init: bool = True,
+    log_fn: Optional[Callable[[str], None]] = None,
+    frame_callback: Optional[Callable[[int, int, Dict[str, Any]], None]] = None,
+    progress_fn: Optional[Callable[[int], Tuple[Any, Any]]] = None,
+) -> EncodedVideo:
+    """Encode ``frames`` (display order) with the given coding structure into a sequence file.
+
+    ``intra_pos``, ``p_pos``: display indices of the I and P frames (every other
+    frame is a hierarchical B frame). ``dec_cfg`` is the intra frames' decoder
+    configuration, ``dec_cfg_inter`` the P and B frames' (default ``inter``,
+    cfg/dec/inter.cfg: lop with one 3x3 residual layer).
+    ``motion_init``: start the motion from an optical-flow estimate.
+    ``frame_callback(k, n, summary)`` after each frame (k-th in decoding order);
+    ``progress_fn(total_iterations)`` -> (bar or None, training callback) for each frame.
+    Raises ConfigError for bad options, EncodeError if a frame does not decode
+    to what the encoder computed.
+    """
+    if not frames:
+        raise ConfigError("no frames to encode")
+    if not (isinstance(lmbda, (int, float)) and lmbda > 0 and np.isfinite(lmbda)):
+        raise ConfigError(f"lmbda must be a positive number, got {lmbda!r}")
+    first = frames[0]
+    for i, f in enumerate(frames):
+        if (f.height, f.width, f.frame_data_type, f.bitdepth) != (first.height, first.width, first.frame_data_type,
+                                                                 first.bitdepth):
+            raise ConfigError(f"frame {i} is a {f.width}x{f.height} {f.frame_data_type} {f.bitdepth}-bit frame, "
+                              f"frame 0 a {first.width}x{first.height} {first.frame_data_type} {first.bitdepth}-bit one")
+    n = len(frames)
+    structure = coding_structure(n, intra_pos, p_pos)
+    base_preset = load_encoder_preset(preset)
+    if n_itr is not None:
+        base_preset = with_main_iterations(base_preset, n_itr)
+    cfg_intra = load_decoder_config(dec_cfg)
+    cfg_inter = load_decoder_config(dec_cfg_inter)
+    n_sub = n_substreams or default_substreams(first.height)
+    h, w = first.height, first.width
+    seq_header = SequenceHeader(h, w, first.frame_data_type, first.bitdepth, n, fps, 0)
+    if workdir is not None:
+        os.makedirs(workdir, exist_ok=True)
+
+    decoded: Dict[int, RawImage] = {}
+    sections: List[bytes] = []
+    summaries: List[Dict[str, Any]] = []
+    for k, spec in enumerate(structure):
+        t0 = time.perf_counter()
+        target = frames[spec.display_index]
+        refs = [decoded[r] for r in spec.refs]
+        lam = frame_lambda(lmbda, spec)
+        fpreset = frame_preset(base_preset, spec)
+        param = decoder_config_to_param(cfg_intra if spec.frame_type == "I" else cfg_inter, overrides, (h, w))
+        meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,
+                "n_frames": n, "motion_init": motion_init, "version": __version__}
+        fp = _fingerprint(target, refs, spec, meta)
+        name = f"frame_{spec.display_index:03d}"
+        section_path = os.path.join(workdir, name + ".section") if workdir else None
+        section = None
+        resumed = False
+        if section_path and os.path.exists(section_path) and os.path.exists(section_path + ".json"):
+            with open(section_path + ".json") as f:
+                if json.load(f).get("fingerprint") == fp:
+                    with open(section_path, "rb") as g:
+                        section = g.read()
+                    resumed = True
+        if section is None:
+            section, own = _encode_one(target, refs, spec, param, fpreset, lam, device, threads, seed, n_sub, n,
+                                       os.path.join(workdir, name) if workdir else None, motion_init, log_fn,
+                                       progress_fn)
+        else:
+            own = None
+        image = _decode_section(section, seq_header, spec, refs)
+        if own is not None:
+            diff = max(int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))) for a, b in zip(own.planes, image.planes))
+            if diff > 1:
+                raise EncodeError(f"frame {spec.display_index}: the runtime decodes it {diff} code values away "
+                                  f"from the encoder's reconstruction")
+        if section_path and not resumed:
+            atomic_write_bytes(section_path, section)
+            atomic_write_bytes(section_path + ".json", json.dumps({"fingerprint": fp}).encode())
+        decoded[spec.display_index] = image
+        sections.append(section)
+        s = {"display_index": spec.display_index, "type": spec.frame_type, "refs": list(spec.refs),
+             "depth": spec.depth, "lmbda": lam, "bytes": len(section), "psnr_db": psnr_db(target, image),
+             "seconds": time.perf_counter() - t0, "resumed": resumed}
+        summaries.append(s)
+        if frame_callback is not None:
+            frame_callback(k, n, s)
+    data = assemble_sequence(encode_sequence_header(h, w, first.frame_data_type, first.bitdepth, n, fps), sections)
+    return EncodedVideo(data, tuple(decoded[i] for i in range(n)), structure, tuple(summaries))
+
+
+def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n_sub, n_frames, workdir,
+                motion_init, log_fn, progress_fn) -> Tuple[bytes, RawImage]:
+    dense_refs = [torch.from_numpy(dense_reference(r.planes, r.bitdepth))[None] for r in refs]
+    guidance = None
+    if spec.frame_type != "I" and motion_init:
+        flows = [estimate_motion(target, r) for r in refs]
+        if all(f is not None for f in flows):
+            guidance = (torch.from_numpy(np.concatenate(flows))[None], MOTION_GUIDANCE_WEIGHT)
+        elif log_fn is not None:
+            log_fn("no optical flow (pip install opencv-python-headless): the motion starts from zero")
+    bar, callback = progress_fn(preset.total_iterations) if progress_fn else (None, None)
+    try:
+        result = encode_frame(target, param, preset, lam, workdir=workdir, resume=workdir is not None, device=device,
+                              seed=seed + spec.display_index, callback=callback, num_threads=threads,
+                              n_substreams=n_sub, frame_type=spec.frame_type, references=dense_refs,
+                              motion_guidance=guidance, log_fn=log_fn)
+    finally:
+        if bar is not None:
+            bar.close()
+    fe = result.frame_encoder
+    state = export_state(fe)
+    written = write_sequence_frame(spec, state.arch, state.q_params, state.shifts, state.expgol, state.latents,
+                                   n_sub, n_frames)
+    return written.data, hard_round_reconstruction(fe)
+
+
+def _decode_section(section: bytes, header: SequenceHeader, spec: FrameSpec, refs: Sequence[RawImage]) -> RawImage:
+    """The runtime's decoding of one frame section (``varint length`` + body)."""
+    entry = dataclasses.replace(section_entry(section, header.n_frames), spec=spec)  # the depth is the encoder's, not in the file
+    bs = read_sequence_frame(section, header, entry)
+    grids = decode_latents(bs, threads=1)
+    dense = [dense_reference(x.planes, x.bitdepth) for x in refs]
+    return reconstruct_frame(bs, grids, dense)

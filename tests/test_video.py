@@ -1,0 +1,265 @@
+"""Video: motion compensation (encoder/inter.py and its runtime twin), sequence
+files (format version 2), the torch-free sequence decoder, and the CLIs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coolchic.decoder_runtime import decode, decode_video, inter
+from coolchic.decoder_runtime.errors import BitstreamError
+from coolchic.decoder_runtime.frame import RawImage
+from coolchic.decoder_runtime.image_io import read_yuv, yuv_format
+from coolchic.decoder_runtime.sequence import index_sequence
+from coolchic.encoder.inter import warp
+from coolchic.export.sequence_writer import encode_sequence_header
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CLIP = SHARED / "data" / "coolchic-testdata" / "D-BQSquare-3frames_224x128_60p_yuv420_8b.yuv"
+# A small decoder: the test is about the plumbing, not the rate.
+SMALL = dict(arm="8,1", layers_synthesis="8-1-linear-relu,X-1-linear-none", n_ft_per_res="1,1,1")
+TINY_CFG = "n_itr = 12\nfreq_valid = 6\nwarmup = none\nfinal_itr = 3\nrdoq = false\n"
+
+torch.set_num_threads(1)
+
+
+def _crop_frames(n=3, h=32, w=48):
+    fmt = yuv_format(CLIP)
+    out = []
+    for i in range(n):
+        f = read_yuv(CLIP, fmt, i)
+        y, u, v = f.planes
+        out.append(RawImage((y[40:40 + h, 64:64 + w].copy(), u[20:20 + h // 2, 32:32 + w // 2].copy(),
+                             v[20:20 + h // 2, 32:32 + w // 2].copy()), "yuv420", 8))
+    return out
+
+
+# ---- motion compensation ----------------------------------------------------------
+def test_warp_twins_agree_bit_for_bit():
+    g = torch.Generator().manual_seed(3)
+    ref = torch.rand(1, 3, 20, 24, generator=g)
+    flow = torch.randn(1, 2, 20, 24, generator=g) * 4
+    a = warp(ref, flow)[0].numpy()
+    b = inter.warp(ref[0].numpy(), flow[0].numpy())
+    assert np.array_equal(a, b)
+
+
+def test_motion_compensation_recovers_a_shifted_image():
+    rng = np.random.default_rng(0)
+    ref = rng.random((1, 24, 32), dtype=np.float32)
+    target = np.zeros_like(ref)
+    target[:, 2:, :-3] = ref[:, :-2, 3:]  # target(y, x) = ref(y - 2, x + 3)
+    flow = np.stack([np.full((24, 32), 3.0, np.float32), np.full((24, 32), -2.0, np.float32)])
+    got = inter.warp(ref, flow)
+    assert np.array_equal(got[:, 2:, :-3], target[:, 2:, :-3])
+    # Past the border the last column is repeated.
+    assert np.array_equal(got[:, 2:, -1], ref[:, :-2, -1])
+
+
+def test_half_pixel_motion_interpolates_bilinearly():
+    ramp = np.arange(8, dtype=np.float32)[None, None, :].repeat(4, axis=1)  # value = x
+    flow = np.stack([np.full((4, 8), 0.5, np.float32), np.zeros((4, 8), np.float32)])
+    got = inter.warp(ramp, flow)
+    np.testing.assert_array_equal(got[0, 0, :7], np.arange(7) + 0.5)
+    assert got[0, 0, 7] == 7.0  # clamped to the last column
+
+
+def test_combine_p_and_b_by_hand():
+    ref0 = np.full((3, 4, 4), 0.4, np.float32)
+    ref1 = np.full((3, 4, 4), 0.8, np.float32)
+    raw_p = np.zeros((6, 4, 4), np.float32)  # residue 0, alpha 1/2, no motion
+    raw_p[3] = 0.5  # alpha = 1
+    raw_p[0] = 0.1
+    got = inter.combine(raw_p, "P", [ref0])
+    np.testing.assert_allclose(got[0], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(got[1:], 0.4, rtol=1e-6)
+    raw_b = np.zeros((9, 4, 4), np.float32)
+    raw_b[3] = 0.5  # alpha 1
+    raw_b[8] = 0.25  # beta 3/4
+    got = inter.combine(raw_b, "B", [ref0, ref1])
+    np.testing.assert_allclose(got, 0.75 * 0.4 + 0.25 * 0.8, rtol=1e-6)
+    with pytest.raises(BitstreamError, match="2 reference"):
+        inter.combine(raw_b, "B", [ref0])
+
+
+def test_motion_channels_are_in_sixteenths_of_a_pixel():
+    ref = np.arange(8, dtype=np.float32)[None, None, :].repeat(4, axis=1).repeat(3, axis=0) / 8
+    raw = np.zeros((6, 4, 8), np.float32)
+    raw[3] = 0.5  # alpha 1
+    raw[4] = 1 / 16  # one pixel to the right
+    got = inter.combine(raw, "P", [ref])
+    np.testing.assert_array_equal(got[:, :, :7], ref[:, :, 1:])
+
+
+# ---- sequence files --------------------------------------------------------------------
+def test_sequence_header_layout():
+    got = encode_sequence_header(128, 224, "yuv420", 10, 3, (60, 1))
+    body = bytes([0x43, 0x63, 2, 127, 0xDF, 0x01, 0x12, 3, 60, 1])
+    import zlib
+
+    assert got == body + zlib.crc32(body).to_bytes(4, "little")
+
+
+@pytest.fixture(scope="module")
+def ipb(tmp_path_factory):
+    """An I-P-B sequence of three 48x32 frames: frame 0 intra, frame 2 P, frame 1 B."""
+    from coolchic.encoder.video import encode_video
+
+    work = tmp_path_factory.mktemp("video")
+    cfg = work / "tiny.cfg"
+    cfg.write_text(TINY_CFG)
+    frames = _crop_frames()
+    res = encode_video(frames, (0,), (2,), lmbda=1e-3, preset=str(cfg), dec_cfg="vlop", overrides=SMALL,
+                       threads=1, workdir=work / "wd")
+    return frames, res, work, cfg
+
+
+def test_ipb_round_trip_is_bit_exact(ipb):
+    frames, res, _, _ = ipb
+    assert [(s.display_index, s.frame_type, s.refs) for s in res.structure] == [(0, "I", ()), (2, "P", (0,)),
+                                                                              (1, "B", (0, 2))]
+    out = list(decode_video(res.bitstream))
+    assert len(out) == 3
+    for dec, enc in zip(out, res.decoded):
+        for a, b in zip(dec.image.planes, enc.planes):
+            assert np.array_equal(a, b)
+    # The section lengths add up to the file, and each frame section is where the index says.
+    header, entries = index_sequence(res.bitstream)
+    assert header.n_frames == 3 and (header.height, header.width) == (32, 48) and header.fps is None
+    assert [e.spec.display_index for e in entries] == [0, 2, 1]
+    assert sum(s["bytes"] for s in res.frames) + header.n_bytes == len(res.bitstream)
+
+
+def test_resumed_sequence_reuses_finished_frames(ipb):
+    from coolchic.encoder.video import encode_video
+
+    frames, res, work, cfg = ipb
+    again = encode_video(frames, (0,), (2,), lmbda=1e-3, preset=str(cfg), dec_cfg="vlop", overrides=SMALL,
+                         threads=1, workdir=work / "wd")
+    assert [s["resumed"] for s in again.frames] == [True, True, True]
+    assert again.bitstream == res.bitstream
+
+
+def _rewrite(data: bytes, n_frames=None, drop_last=False) -> bytes:
+    """The same sections under another header; optionally without the last section."""
+    header, entries = index_sequence(data)
+    new = encode_sequence_header(header.height, header.width, header.frame_data_type, header.bitdepth,
+                                 n_frames or header.n_frames, header.fps)
+    body = data[header.n_bytes:]
+    if drop_last:
+        body = data[header.n_bytes:entries[-2].end]
+    return new + body
+
+
+def test_bad_sequences_get_clear_errors(ipb):
+    _, res, _, _ = ipb
+    data = res.bitstream
+    header, entries = index_sequence(data)
+    cases = [
+        (data[:-7], "frame section"),
+        (_rewrite(data, n_frames=4), "announces 4 frames but the file holds 3"),
+        (_rewrite(data, n_frames=2), r"(goes on after the 2 frames|outside)"),
+        (_rewrite(data, drop_last=True), "announces 3 frames but the file holds 2"),
+    ]
+    # A B frame whose future reference is itself: decoded before it is there.
+    b = entries[2]
+    bad = bytearray(data)
+    bad[b.start + 3] = 1
+    cases.append((bytes(bad), "coding structure"))
+    # A reference beyond the frame count.
+    bad = bytearray(data)
+    bad[entries[1].start + 2] = 7
+    cases.append((bytes(bad), r"reference 0 is 7, outside \[0, 2\]"))
+    for blob, msg in cases:
+        with pytest.raises(BitstreamError, match=msg):
+            list(decode_video(blob))
+    # A flipped payload byte: the frame's own CRC names it, once its turn comes.
+    bad = bytearray(data)
+    bad[entries[1].end - 10] ^= 0x40
+    frames = decode_video(bytes(bad))
+    next(frames)  # frame 0 is fine
+    with pytest.raises(BitstreamError, match="frame 2 is corrupted"):
+        next(frames)
+
+
+def test_image_and_sequence_apis_refuse_each_other(ipb, tmp_path):
+    _, res, _, _ = ipb
+    with pytest.raises(BitstreamError, match="decode_video"):
+        decode(res.bitstream)
+    path = tmp_path / "clip.cool"
+    path.write_bytes(res.bitstream)
+    with pytest.raises(BitstreamError, match="decode_video"):
+        decode(path)
+    from coolchic.export.bitstream_writer import encode_header  # noqa: F401
+
+    golden = Path(__file__).parent / "data" / "golden_v1.cool"
+    with pytest.raises(BitstreamError, match="one image"):
+        list(decode_video(golden.read_bytes()))
+
+
+# ---- command lines ------------------------------------------------------------------
+def test_cli_encodes_and_decodes_a_sequence(ipb, tmp_path, capsys):
+    from coolchic.decoder_runtime import cli as dcli
+    from coolchic.encoder import cli as ecli
+
+    frames, _, _, cfg = ipb
+    src = tmp_path / "clip_48x32_60p_yuv420_8b.yuv"
+    src.write_bytes(b"".join(p.tobytes() for f in frames for p in f.planes))
+    out = tmp_path / "clip.cool"
+    code = ecli.main(["-i", str(src), "-o", str(out), "--n-frames", "3", "--intra-pos", "0", "--p-pos", "2",
+                      "--preset", str(cfg), "--dec-cfg", "vlop", "--arm", "8,1", "--layers-synthesis",
+                      "8-1-linear-relu,X-1-linear-none", "--n-ft-per-res", "1,1,1", "--threads", "1", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert "3 frames" in capsys.readouterr().out
+    assert index_sequence(out.read_bytes())[0].fps == (60, 1)
+    yuv = tmp_path / "dec_48x32_yuv420_8b.yuv"
+    assert dcli.main(["-i", str(out), "-o", str(yuv)], fast_exit=False) == 0
+    expect = b"".join(p.tobytes() for d in decode_video(out) for p in d.image.planes)
+    assert yuv.read_bytes() == expect
+    pattern = tmp_path / "f_%02d.yuv"
+    assert dcli.main(["-i", str(out), "-o", str(pattern)], fast_exit=False) == 0
+    assert b"".join((tmp_path / f"f_{i:02d}.yuv").read_bytes() for i in range(3)) == expect
+    code = dcli.main(["-i", str(out), "-o", str(tmp_path / "x.png")], fast_exit=False)
+    assert code == 1 and "pattern" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_cli_refuses_a_b_frame_without_future_reference(tmp_path, capsys):
+    from coolchic.encoder import cli as ecli
+
+    frames = _crop_frames(2)
+    src = tmp_path / "c_48x32_yuv420_8b.yuv"
+    src.write_bytes(b"".join(p.tobytes() for f in frames for p in f.planes))
+    code = ecli.main(["-i", str(src), "-o", str(tmp_path / "o.cool"), "--n-frames", "2", "-q"])
+    assert code == 2
+    assert "--p-pos" in capsys.readouterr().err
+
+
+def test_mutated_sequences_never_escape_bitstream_error(ipb):
+    """Random byte changes, truncations and insertions: a clean error or a decode, nothing else."""
+    _, res, _, _ = ipb
+    data = res.bitstream
+    rng = np.random.default_rng(11)
+    outcomes = {"error": 0, "decoded": 0}
+    for _ in range(120):
+        blob = bytearray(data)
+        kind = rng.integers(3)
+        pos = int(rng.integers(len(blob)))
+        if kind == 0:
+            blob[pos] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            blob = blob[:pos]
+        else:
+            blob[pos:pos] = bytes(rng.integers(0, 256, int(rng.integers(1, 4)), dtype=np.uint8))
+        try:
+            frames = list(decode_video(bytes(blob)))
+        except BitstreamError:
+            outcomes["error"] += 1
+        else:
+            assert len(frames) == 3
+            outcomes["decoded"] += 1
+    assert outcomes["error"] > 100  # CRCs catch nearly all of them
