@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +106,18 @@ def main() -> None:
     jobs = [(im, s, 1, 0) for im, s in pairs] + [(im, s, 1, mib) for im, s in pairs]
     if args.noise:
         jobs += [(im, s, 2, 0) for im, s in pairs]
+    # Pairs first, so that an interrupted run has whole pairs; each result is
+    # printed as it lands (a run takes hours on two cores).
+    jobs.sort(key=lambda j: (pairs.index((j[0], j[1])), j[3], j[2]))
+    res = {}
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {job: pool.submit(run_one, args, *job) for job in jobs}
-        res = {job: f.result() for job, f in futures.items()}
+        futures = {pool.submit(run_one, args, *job): job for job in jobs}
+        for f in as_completed(futures):
+            job = futures[f]
+            res[job] = r = f.result()
+            kind = "whole" if not job[3] else "bands"
+            print(f"  {job[0]} seed {job[1]} {kind} on {job[2]} thread(s): {r['bytes']} B {r['psnr']:.3f} dB "
+                  f"({r['seconds']:.0f} s)", flush=True)
 
     d_rate, d_psnr, n_rate, n_psnr = [], [], [], []
     for im, s in pairs:
