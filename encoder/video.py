@@ -68,7 +68,9 @@ class EncodedVideo:
     bitstream: bytes
     decoded: Tuple[RawImage, ...]  # display order, as the runtime decodes the bitstream
     structure: Tuple[FrameSpec, ...]  # decoding order
-    frames: Tuple[Dict[str, Any], ...]  # per frame, decoding order: type, bytes, PSNR, lambda, seconds
+    # Per frame, decoding order: type, bytes (and, unless resumed, latent_bytes and
+    # param_bytes), PSNR, lambda, seconds.
+    frames: Tuple[Dict[str, Any], ...]
 
 
 # ---- inputs ---------------------------------------------------------------------
@@ -255,8 +257,9 @@ def encode_video(
                     with open(section_path, "rb") as g:
                         section = g.read()
                     resumed = True
+        sizes = {}
         if section is None:
-            section, own = _encode_one(target, refs, spec, param, fpreset, lam, device, threads, seed, n_sub, n,
+            section, own, sizes = _encode_one(target, refs, spec, param, fpreset, lam, device, threads, seed, n_sub, n,
                                        os.path.join(workdir, name) if workdir else None, motion_init, log_fn,
                                        progress_fn)
         else:
@@ -274,7 +277,7 @@ def encode_video(
         sections.append(section)
         s = {"display_index": spec.display_index, "type": spec.frame_type, "refs": list(spec.refs),
              "depth": spec.depth, "lmbda": lam, "bytes": len(section), "psnr_db": psnr_db(target, image),
-             "seconds": time.perf_counter() - t0, "resumed": resumed}
+             "seconds": time.perf_counter() - t0, "resumed": resumed, **sizes}
         summaries.append(s)
         if frame_callback is not None:
             frame_callback(k, n, s)
@@ -305,7 +308,8 @@ def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n
     state = export_state(fe)
     written = write_sequence_frame(spec, state.arch, state.q_params, state.shifts, state.expgol, state.latents,
                                    n_sub, n_frames)
-    return written.data, hard_round_reconstruction(fe)
+    sizes = {"latent_bytes": written.latent_bytes, "param_bytes": written.param_bytes}
+    return written.data, hard_round_reconstruction(fe), sizes
 
 
 def _decode_section(section: bytes, header: SequenceHeader, spec: FrameSpec, refs: Sequence[RawImage]) -> RawImage:
