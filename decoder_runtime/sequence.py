@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .arch import FRAME_DATA_TYPES, FRAME_TYPES, MAX_IMAGE_SIDE
-from .bitstream import MAGIC, SEQUENCE_VERSION, Bitstream, _Reader, check_crc, check_magic, read_frame_body
+from .bitstream import (
+    HEADER_PEEK,
+    MAGIC,
+    SEQUENCE_VERSION,
+    Bitstream,
+    _read_header,
+    _Reader,
+    check_crc,
+    check_magic,
+    max_bitstream_bytes,
+    read_frame_body,
+)
 from .coding_structure import FrameSpec, check_structure
 from .errors import BitstreamError, ConfigError, ResourceLimitError
 
@@ -100,17 +111,76 @@ def index_sequence(data: bytes, max_pixels: Optional[int] = None) -> Tuple[Seque
         length = r.varint(f"frame section {k} length", 0, r.end - r.pos)
         entries.append(frame_entry(data, r.pos, r.pos + length, header.n_frames, k))
         r.pos += length
+    return header, _checked(header, entries)
+
+
+def index_sequence_file(f, max_pixels: Optional[int] = None) -> Tuple[SequenceHeader, Tuple[FrameEntry, ...]]:
+    """:func:`index_sequence` on an open binary file, reading only the start of each section.
+
+    Entries hold file offsets. A section longer than its own image header
+    allows (``bitstream.max_bitstream_bytes``) is refused before it is read,
+    so that no allocation follows a size the file merely claims.
+    """
+    header = _read_sequence_header(f.read(HEADER_PEEK), max_pixels)
+    f.seek(header.n_bytes)
+    entries = []
+    pos = header.n_bytes
+    while True:
+        k = len(entries)
+        first = f.read(1)
+        if not first:
+            break
+        if k >= header.n_frames:
+            raise BitstreamError(f"the file goes on after the {header.n_frames} frames its header announces")
+        raw = bytearray(first)
+        while raw[-1] & 0x80 and len(raw) < 5:
+            b = f.read(1)
+            if not b:
+                raise BitstreamError(f"the bitstream is truncated (while reading frame section {k} length)")
+            raw += b
+        length = _Reader(bytes(raw), len(raw)).varint(f"frame section {k} length")
+        start = pos + len(raw)
+        peek = f.read(min(length, HEADER_PEEK))
+        short = BitstreamError(f"frame section {k} claims {length} bytes but the file ends before")
+        try:
+            e = frame_entry(peek, 0, len(peek), header.n_frames, k)
+            r = _Reader(peek, len(peek))
+            r.pos = e.header_start
+            image = _read_header(r, SEQUENCE_VERSION, max_pixels, inter=True)
+        except BitstreamError as err:
+            if len(peek) < min(length, HEADER_PEEK):
+                raise short from None
+            raise BitstreamError(f"frame section {k}: {err}") from None
+        bound = e.header_start + max_bitstream_bytes(image) - len(MAGIC) - 1
+        if length > bound:
+            raise BitstreamError(f"frame section {k} claims {length} bytes, more than its header allows ({bound})")
+        if len(peek) < min(length, HEADER_PEEK):
+            raise short
+        f.seek(start + length)
+        if f.tell() != start + length or (length and not _has_byte(f, start + length - 1)):
+            raise BitstreamError(f"frame section {k} claims {length} bytes but the file ends before")
+        entries.append(FrameEntry(e.spec, start, start + e.header_start, start + length))
+        pos = start + length
+        f.seek(pos)
+    return header, _checked(header, entries)
+
+
+def _has_byte(f, offset: int) -> bool:
+    f.seek(offset)
+    return len(f.read(1)) == 1
+
+
+def _checked(header: SequenceHeader, entries) -> Tuple[FrameEntry, ...]:
     if len(entries) != header.n_frames:
         raise BitstreamError(
             f"the header announces {header.n_frames} frames but the file holds {len(entries)} frame sections "
             f"(it is truncated or corrupted)"
         )
-    specs = [_with_depth(e.spec) for e in entries]
     try:
-        check_structure(specs, header.n_frames)
+        check_structure([_with_depth(e.spec) for e in entries], header.n_frames)
     except ConfigError as e:
         raise BitstreamError(f"the coding structure of the sequence is invalid: {e}") from None
-    return header, tuple(entries)
+    return tuple(entries)
 
 
 def frame_entry(data: bytes, start: int, end: int, n_frames: int, k: int = 0) -> FrameEntry:

@@ -13,15 +13,18 @@ references it or it still waits for its turn in display order
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from collections import Counter
 from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .api import DecodedImage, Source, _read_source
+from .api import DecodedImage, Source
 from .arch import synthesis_latents
 from .budget import DEFAULT_MAX_MEMORY, parse_size
+from .errors import BitstreamError
 from .frame import RawImage
 
 
@@ -44,6 +47,18 @@ def reconstruct_frame(bs, grids, refs: Sequence[np.ndarray], provider: str = "cp
     return image
 
 
+def _open_sequence(source):
+    path = os.fspath(source)
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise BitstreamError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BitstreamError(f"{path}: is a directory, not a bitstream") from None
+    except OSError as e:
+        raise BitstreamError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
 def decode_video(
     source: Source,
     provider: str = "cpu",
@@ -63,7 +78,7 @@ def decode_video(
     from .inter import dense_reference
     from .latent_codec import decode_latents
     from .ort_session import provider_names
-    from .sequence import index_sequence, read_sequence_frame
+    from .sequence import index_sequence, index_sequence_file, read_sequence_frame
 
     provider_names(provider)
     if max_pixels is None:
@@ -72,9 +87,26 @@ def decode_video(
         max_memory = parse_size(max_memory)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+        header, entries = index_sequence(data, max_pixels)
+
+        def section(entry):
+            return data, entry
     else:
-        data = _read_source(source, max_pixels, max_memory)
-    header, entries = index_sequence(data, max_pixels)
+        # A file is indexed from the starts of its sections, then read one
+        # section at a time: memory follows the frames, not the file.
+        f = _open_sequence(source)
+        with f:
+            header, entries = index_sequence_file(f, max_pixels)
+        path = os.fspath(source)
+
+        def section(entry):
+            with _open_sequence(path) as g:
+                g.seek(entry.start)
+                body = g.read(entry.end - entry.start)
+            if len(body) != entry.end - entry.start:
+                raise BitstreamError(f"{path}: the file changed while it was decoded")
+            return body, dataclasses.replace(entry, start=0, header_start=entry.header_start - entry.start,
+                                             end=len(body))
 
     uses = Counter(r for e in entries for r in e.spec.refs)
     done: Dict[int, RawImage] = {}
@@ -85,7 +117,8 @@ def decode_video(
         t: Dict[str, float] = {}
         t0 = time.perf_counter()
         spec = entry.spec
-        bs = read_sequence_frame(data, header, entry, max_memory)
+        blob, local = section(entry)
+        bs = read_sequence_frame(blob, header, local, max_memory)
         t1 = time.perf_counter()
         grids = decode_latents(bs, threads=threads)
         t2 = time.perf_counter()

@@ -263,3 +263,26 @@ def test_mutated_sequences_never_escape_bitstream_error(ipb):
             assert len(frames) == 3
             outcomes["decoded"] += 1
     assert outcomes["error"] > 100  # CRCs catch nearly all of them
+
+
+def test_a_sequence_file_is_read_section_by_section(ipb, tmp_path):
+    """From a path: the same frames; a section claiming more bytes than its header allows is refused unread."""
+    _, res, _, _ = ipb
+    path = tmp_path / "clip.cool"
+    path.write_bytes(res.bitstream)
+    for a, b in zip(decode_video(path), decode_video(res.bitstream)):
+        assert all(np.array_equal(x, y) for x, y in zip(a.image.planes, b.image.planes))
+    header, entries = index_sequence(res.bitstream)
+    # The last section's length varint rewritten to claim 2^31 bytes, then the file cut.
+    last = entries[-1]
+    n_len = last.start - entries[-2].end
+    huge = bytes([0x80, 0x80, 0x80, 0x80, 0x08])
+    path.write_bytes(res.bitstream[:entries[-2].end] + huge + res.bitstream[last.start:])
+    with pytest.raises(BitstreamError, match="more than its header allows"):
+        list(decode_video(path))
+    path.write_bytes(res.bitstream[:-5])
+    with pytest.raises(BitstreamError, match="ends before"):
+        list(decode_video(path))
+    assert n_len in (1, 2)
+    with pytest.raises(BitstreamError, match="no such file"):
+        list(decode_video(tmp_path / "missing.cool"))
