@@ -56,6 +56,19 @@ class DecodedImage:
         return self.image.bitdepth
 
 
+def open_bitstream(source):
+    """``open(source, "rb")``, its failures as :class:`BitstreamError` naming the path."""
+    path = os.fspath(source)
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise BitstreamError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BitstreamError(f"{path}: is a directory, not a bitstream") from None
+    except OSError as e:
+        raise BitstreamError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
 def _read_source(source, max_pixels: Optional[int], max_memory: Optional[int]) -> bytes:
     """The bytes of a bitstream file, vetted from its first bytes before the rest is read.
 
@@ -67,7 +80,7 @@ def _read_source(source, max_pixels: Optional[int], max_memory: Optional[int]) -
 
     path = os.fspath(source)
     try:
-        with open(path, "rb") as f:
+        with open_bitstream(path) as f:
             st = os.fstat(f.fileno())
             regular = stat.S_ISREG(st.st_mode)
             prefix = f.read(HEADER_PEEK)
@@ -86,10 +99,6 @@ def _read_source(source, max_pixels: Optional[int], max_memory: Optional[int]) -
                     raise BitstreamError(f"{path}: the file changed size while it was read")
             else:
                 data = prefix + f.read(limit + 1 - len(prefix))
-    except FileNotFoundError:
-        raise BitstreamError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BitstreamError(f"{path}: is a directory, not a bitstream") from None
     except OSError as e:
         raise BitstreamError(f"{path}: cannot read: {e.strerror or e}") from None
     if len(data) > limit:

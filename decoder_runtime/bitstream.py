@@ -46,7 +46,6 @@ from .expgolomb import read_network_params
 MAGIC = b"Cc"
 IMAGE_VERSION = 1  # a file holding one intra frame
 SEQUENCE_VERSION = 2  # a file holding a sequence of I, P and B frames (decoder_runtime/sequence.py)
-FORMAT_VERSION = SEQUENCE_VERSION  # the newest version this reader knows
 READABLE_VERSIONS = (IMAGE_VERSION, SEQUENCE_VERSION)
 MAX_SUBSTREAMS = 64
 _REFERENCE_HINT = (

@@ -156,18 +156,14 @@ def index_sequence_file(f, max_pixels: Optional[int] = None) -> Tuple[SequenceHe
             raise BitstreamError(f"frame section {k} claims {length} bytes, more than its header allows ({bound})")
         if len(peek) < min(length, HEADER_PEEK):
             raise short
-        f.seek(start + length)
-        if f.tell() != start + length or (length and not _has_byte(f, start + length - 1)):
-            raise BitstreamError(f"frame section {k} claims {length} bytes but the file ends before")
+        if length:
+            f.seek(start + length - 1)  # the section's last byte must be there
+            if not f.read(1):
+                raise short
         entries.append(FrameEntry(e.spec, start, start + e.header_start, start + length))
         pos = start + length
         f.seek(pos)
     return header, _checked(header, entries)
-
-
-def _has_byte(f, offset: int) -> bool:
-    f.seek(offset)
-    return len(f.read(1)) == 1
 
 
 def _checked(header: SequenceHeader, entries) -> Tuple[FrameEntry, ...]:

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .api import DecodedImage, Source
+from .api import DecodedImage, Source, open_bitstream
 from .arch import synthesis_latents
 from .budget import DEFAULT_MAX_MEMORY, parse_size
 from .errors import BitstreamError
@@ -45,18 +45,6 @@ def reconstruct_frame(bs, grids, refs: Sequence[np.ndarray], provider: str = "cp
     if timings is not None:
         timings["motion_compensation"] = time.perf_counter() - t0
     return image
-
-
-def _open_sequence(source):
-    path = os.fspath(source)
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise BitstreamError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BitstreamError(f"{path}: is a directory, not a bitstream") from None
-    except OSError as e:
-        raise BitstreamError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def decode_video(
@@ -94,13 +82,13 @@ def decode_video(
     else:
         # A file is indexed from the starts of its sections, then read one
         # section at a time: memory follows the frames, not the file.
-        f = _open_sequence(source)
+        f = open_bitstream(source)
         with f:
             header, entries = index_sequence_file(f, max_pixels)
         path = os.fspath(source)
 
         def section(entry):
-            with _open_sequence(path) as g:
+            with open_bitstream(path) as g:
                 g.seek(entry.start)
                 body = g.read(entry.end - entry.start)
             if len(body) != entry.end - entry.start:

@@ -1,7 +1,7 @@
 """Golden vectors: a committed bitstream whose decoded latents hash to a committed value.
 
 A failure here means the format or the integer model changed: old files would
-no longer decode to the same image.  That needs a new FORMAT_VERSION and new
+no longer decode to the same image.  That needs a new IMAGE_VERSION and new
 golden files, never a silent update.
 """
 
