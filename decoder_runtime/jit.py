@@ -14,6 +14,13 @@ Every jitted function of ``decoder_runtime`` and ``export`` is declared with
   files are pickles). If none is writable the kernels are compiled in every
   process, uncached. The last two cases emit a :class:`JitCacheWarning`, once
   per process and source directory, and never an error.
+* **Kernels shipped with the package.** A wheel built by the project's
+  backend carries the latent decoder's kernels, compiled at build time into
+  the package's ``__pycache__`` (:mod:`decoder_runtime.precompile`). They are
+  read from there whatever directory the policy above chose (a read-only
+  install, ``NUMBA_CACHE_DIR``), under the same checks as any cache entry
+  (source stamp, numba version, CPU): a kernel is compiled only where they
+  do not fit.
 * **When a cached kernel is stale.** numba invalidates a function's cache when
   its own source file changes, but a cached kernel also holds the compiled
   code of every jitted function it calls or inlines and the values of the
@@ -182,7 +189,7 @@ def _kernel_cache_class():
     """A numba ``FunctionCache`` whose only locator is this module's policy."""
     global _cache_class
     if _cache_class is None:
-        from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
+        from numba.core.caching import CompileResultCacheImpl, FunctionCache, IndexDataCacheFile, _CacheLocator
 
         class KernelLocator(_CacheLocator):
             def __init__(self, py_func, py_file: str, path: str, stamp: str):
@@ -209,7 +216,28 @@ def _kernel_cache_class():
             _locator_classes = [KernelLocator]
 
         class KernelCache(FunctionCache):
+            """Reads and writes the chosen cache directory; where that is not the
+            package's own ``__pycache__``, also reads the kernels shipped there
+            (compiled at build time, see :mod:`decoder_runtime.precompile`)."""
+
             _impl_class = KernelCacheImpl
+
+            def __init__(self, py_func):
+                super().__init__(py_func)
+                shipped = os.path.join(os.path.dirname(os.path.abspath(self._impl.locator._py_file)), "__pycache__")
+                self._shipped_file = None
+                if os.path.abspath(shipped) != os.path.abspath(self._cache_path) and os.path.isdir(shipped):
+                    self._shipped_file = IndexDataCacheFile(cache_path=shipped,
+                                                            filename_base=self._impl.filename_base,
+                                                            source_stamp=self._impl.locator.get_source_stamp())
+
+            def _load_overload(self, sig, target_context):
+                data = super()._load_overload(sig, target_context)
+                if data is None and self._enabled and self._shipped_file is not None:
+                    data = self._shipped_file.load(self._index_key(sig, target_context.codegen()))
+                    if data is not None:
+                        data = self._impl.rebuild(target_context, data)
+                return data
 
         _cache_class = KernelCache
     return _cache_class

@@ -37,7 +37,8 @@ def _sha(arrays) -> str:
 
 # Runs in a fresh interpreter whose current directory holds a copy of the package.
 # Modes: "image" decodes GOLDEN, "latents" decodes its latents only, "kernel"
-# runs one small kernel; prints what it got and what the numba cache did.
+# runs one small kernel, "precompile" compiles the kernels as a wheel build
+# does; prints what it got and what the numba cache did.
 CHILD = textwrap.dedent(
     """
     import hashlib, json, pathlib, sys, warnings
@@ -51,6 +52,10 @@ CHILD = textwrap.dedent(
         try:
             if sys.argv[1] == "image":
                 arrays = decoder_runtime.decode(sys.argv[2]).image.planes
+            elif sys.argv[1] == "precompile":
+                from coolchic.decoder_runtime.precompile import precompile
+                precompile()
+                arrays = []
             elif sys.argv[1] == "latents":
                 arrays = latent_codec.decode_latents(read_bitstream(pathlib.Path(sys.argv[2]).read_bytes()))
             else:
@@ -193,6 +198,31 @@ def test_a_change_in_range_coder_recompiles_the_latent_decoder(tmp_path):
     changed = _run_child(site, "latents", env)
     assert changed["misses"] >= 1 and changed["hits"] == 0, changed
     assert changed.get("error", "").endswith("a latent substream ends before its last symbol"), changed
+
+
+@pytest.mark.slow
+def test_precompiled_kernels_serve_the_first_decode(tmp_path):
+    """What the wheel build does (_build/coolchic_build.py): precompile into the package's
+    __pycache__; a decode then compiles nothing, also when its own cache is elsewhere."""
+    site = _copy_package(tmp_path)
+    env = {"HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    built = _run_child(site, "precompile", env)
+    shipped = site / "coolchic" / "decoder_runtime" / "__pycache__"
+    assert built["cache_path"] == str(shipped) and built["misses"] == 2, built  # the int32 and int64 ARM
+    kernels = sorted(p.name.split("-")[0] for p in shipped.glob("*.nbc"))
+    assert kernels == ["arm_int.arm_forward"] * 2 + ["expgolomb._read_fields"] + ["latent_codec._decode_stripe"] * 2
+    files = {p: p.stat().st_mtime_ns for p in shipped.iterdir()}
+    first = _run_child(site, "image", env)
+    assert first.get("sha") == _sha(decode(GOLDEN.read_bytes()).image.planes), first
+    assert first["hits"] == 1 and first["misses"] == 0, first
+    # Its own cache elsewhere (NUMBA_CACHE_DIR; or the home or temp directory of a
+    # read-only install): the shipped kernels are read from the package, not compiled.
+    elsewhere = tmp_path / "numba-cache"
+    other = _run_child(site, "image", {**env, "NUMBA_CACHE_DIR": str(elsewhere)})
+    assert other["cache_path"].startswith(str(elsewhere)), other
+    assert other.get("sha") == first["sha"] and other["hits"] == 1 and other["misses"] == 0, other
+    assert not any(elsewhere.rglob("*.nb[ic]"))
+    assert {p: p.stat().st_mtime_ns for p in shipped.iterdir()} == files  # nothing rewritten
 
 
 def test_cache_key_covers_every_kernel_module(tmp_path):

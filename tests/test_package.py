@@ -1,5 +1,6 @@
 """The installed package: one `coolchic` namespace, a cheap import, no generic top-level names."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -49,12 +50,30 @@ def test_an_app_with_its_own_export_and_cfg_still_works(tmp_path):
     assert r.stdout.split() == ["36", "20"]  # golden_v1.cool is 20 rows by 36 columns
 
 
+def _build_wheel(out: Path, **env) -> list:
+    """``pip wheel`` of the repository (build/ in the tree, as pip does); the wheel's file names."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(out), str(REPO)], check=True, capture_output=True, timeout=600,
+                   env={**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, **env})
+    (whl,) = out.glob("coolchic-*.whl")
+    return zipfile.ZipFile(whl).namelist()
+
+
+KERNELS = "coolchic/decoder_runtime/__pycache__/"
+
+
 @pytest.mark.slow
 def test_wheel_holds_only_the_coolchic_namespace(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
-    (whl,) = tmp_path.glob("coolchic-*.whl")
-    names = zipfile.ZipFile(whl).namelist()
+    names = _build_wheel(tmp_path)
+    whl = next(tmp_path.glob("coolchic-*.whl"))
+    # The decoder's kernels, compiled by the build (_build/coolchic_build.py):
+    # the stripe decoder and the ARM it calls for both integer widths, the parameter reader.
+    shipped = sorted(n[len(KERNELS):].split("-")[0] for n in names if n.startswith(KERNELS) and n.endswith(".nbc"))
+    assert shipped == ["arm_int.arm_forward"] * 2 + ["expgolomb._read_fields"] + ["latent_codec._decode_stripe"] * 2
+    # Without them on request, even though build/lib still holds the previous build's.
+    plain = _build_wheel(tmp_path / "plain", COOLCHIC_PRECOMPILE="0")
+    assert not [n for n in plain if n.startswith(KERNELS)]
+    assert set(plain) == {n for n in names if not n.startswith(KERNELS)}
     tops = {n.split("/")[0] for n in names}
     assert tops == {"coolchic", f"coolchic-{coolchic.__version__}.dist-info"}, tops
     for must in ("coolchic/decoder_runtime/range_coder.py", "coolchic/encoder/cli.py",
@@ -79,3 +98,16 @@ def test_both_clis_print_the_version(prog):
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{prog} {metadata.version('coolchic')}"
+
+
+@pytest.mark.slow
+def test_sdist_carries_the_build_backend(tmp_path):
+    """pyproject.toml names an in-tree backend (_build/): an sdist without it could not be built."""
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '_build'); import coolchic_build as b; "
+                    f"b.build_sdist({str(tmp_path)!r})"], cwd=REPO, check=True, capture_output=True, timeout=300)
+    (sdist,) = tmp_path.glob("coolchic-*.tar.gz")
+    import tarfile
+    names = tarfile.open(sdist).getnames()
+    top = f"coolchic-{coolchic.__version__}"
+    assert f"{top}/_build/coolchic_build.py" in names and f"{top}/pyproject.toml" in names
+    assert not [n for n in names if n.endswith((".nbi", ".nbc"))]
