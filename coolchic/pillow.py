@@ -18,17 +18,26 @@ yuv420 and yuv444 frames become ``RGB`` through the ITU-R BT.709 matrix
 YUV test sequences: Y' in [16, 235] and Cb, Cr in [16, 240] at 8 bits, scaled
 by 2^(bitdepth - 8) above; yuv420 chroma is repeated over each 2x2 block.
 
+Video sequences (format version 2) open like animated formats: ``n_frames``,
+``is_animated``, ``seek(k)`` / ``tell()`` in display order (``ImageSequence``
+works), ``info["duration"]`` in milliseconds when the file gives a frame rate,
+``info["frame_type"]`` of the current frame. Frames are decoded in order by
+:func:`coolchic.decoder_runtime.decode_video`, which holds only the reference
+frames it still needs; seeking forward decodes the frames between, seeking
+backward starts again from the first frame (as the GIF plugin does).
+
 Errors follow Pillow's conventions: another format or an unreadable header
 makes ``Image.open`` raise ``UnidentifiedImageError``; a corrupted file makes
-``verify()`` raise ``SyntaxError`` (as the PNG plugin does on a bad CRC) and
-``load()`` raise ``OSError`` (an :class:`ImageIOError`, so a ``CoolChicError`` too).
-Single images only: ``n_frames`` is 1.
+``verify()`` raise ``SyntaxError`` (as the PNG plugin does on a bad CRC; every
+frame section's CRC for a sequence) and ``load()`` raise ``OSError`` (an
+:class:`ImageIOError`, so a ``CoolChicError`` too); ``seek`` past the last
+frame raises ``EOFError``.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import IO, Dict
+from typing import IO, Dict, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -40,15 +49,17 @@ FORMAT = "COOLCHIC"
 EXTENSION = ".cool"
 MIME = "image/x-coolchic"
 _CODEC = "coolchic"
+_SEQ_CODEC = "coolchic_frame"
 
 # BT.709 luma weights; the matrix below follows from them.
 KR, KB = 0.2126, 0.0722
 
 
 def _accept(prefix: bytes) -> bool:
-    from coolchic.decoder_runtime.bitstream import IMAGE_VERSION, MAGIC
+    from coolchic.decoder_runtime.bitstream import IMAGE_VERSION, MAGIC, SEQUENCE_VERSION
 
-    return prefix[: len(MAGIC) + 1] == MAGIC + bytes([IMAGE_VERSION])
+    return prefix[: len(MAGIC)] == MAGIC and prefix[len(MAGIC):len(MAGIC) + 1] in (
+        bytes([IMAGE_VERSION]), bytes([SEQUENCE_VERSION]))
 
 
 def yuv_to_rgb8(img: RawImage) -> np.ndarray:
@@ -87,17 +98,54 @@ def _pixels(img: RawImage) -> bytes:
     return np.ascontiguousarray(arr).tobytes()
 
 
+class _Frames:
+    """The frames of a sequence file in display order, decoded on demand.
+
+    Holds one :func:`decode_video` generator: frame ``k`` after the last one
+    given continues it, an earlier one starts it again.
+    """
+
+    def __init__(self, source: Union[str, bytes]):
+        self._source = source
+        self._gen: Optional[Iterator] = None
+        self._next = 0
+        self._last = None  # (index, RawImage)
+
+    def get(self, k: int):
+        from coolchic.decoder_runtime import decode_video
+
+        if self._last is not None and self._last[0] == k:
+            return self._last[1]
+        if self._gen is None or k < self._next:
+            self._gen = decode_video(self._source, threads=1)
+            self._next = 0
+        while self._next <= k:
+            frame = next(self._gen).image
+            self._last = (self._next, frame)
+            self._next += 1
+        return self._last[1]
+
+
 class CoolChicImageFile(ImageFile.ImageFile):
     """A ``.cool`` file: the header is read on open, the frame decoded on ``load()``."""
 
     format = FORMAT
     format_description = "coolchic overfitted neural image codec"
-    n_frames = 1
-    is_animated = False
+    _n_frames = 1
+    _frame = 0
+    _sequence = None  # (SequenceHeader, entries in decoding order) of a video file
+
+    @property
+    def n_frames(self) -> int:
+        return self._n_frames
+
+    @property
+    def is_animated(self) -> bool:
+        return self._n_frames > 1
 
     def _open(self) -> None:
         from coolchic.decoder_runtime.arch import decoder_options
-        from coolchic.decoder_runtime.bitstream import HEADER_PEEK, read_header
+        from coolchic.decoder_runtime.bitstream import HEADER_PEEK, MAGIC, SEQUENCE_VERSION, read_header
         from coolchic.encoder.complexity import total_mac_per_pixel
 
         assert self.fp is not None
@@ -108,6 +156,8 @@ class CoolChicImageFile(ImageFile.ImageFile):
         self.fp.seek(0, 2)
         n_bytes = self.fp.tell() - start
         self.fp.seek(start)
+        if prefix[len(MAGIC)] == SEQUENCE_VERSION:
+            return self._open_sequence(start, n_bytes)
         try:
             header = read_header(prefix, n_bytes=n_bytes)
         except CoolChicError as e:
@@ -129,13 +179,77 @@ class CoolChicImageFile(ImageFile.ImageFile):
         self._start = start
         self.tile = [ImageFile._Tile(_CODEC, (0, 0, w, h), start, None)]
 
+    def _open_sequence(self, start: int, n_bytes: int) -> None:
+        import io
+
+        from coolchic.decoder_runtime.sequence import index_sequence_file
+
+        # The index reads each section's start only; a file-like that does not
+        # start at its first byte is copied, so that offsets are the file's.
+        f = self.fp if start == 0 else io.BytesIO(self.fp.read())
+        try:
+            header, entries = index_sequence_file(f)
+        except CoolChicError as e:
+            raise SyntaxError(f"broken coolchic sequence: {e}") from None
+        self._sequence = (header, entries)
+        self._n_frames = header.n_frames
+        self._size = (header.width, header.height)
+        self._mode = _mode_of(header.frame_data_type, header.bitdepth)
+        self.info.update({
+            "bpp": 8 * n_bytes / (header.height * header.width * header.n_frames),
+            "bitdepth": header.bitdepth,
+            "frame_data_type": header.frame_data_type,
+        })
+        if header.fps is not None:
+            num, den = header.fps
+            self.info["fps"] = num / den
+            self.info["duration"] = 1000.0 * den / num
+        if header.frame_data_type in ("yuv420", "yuv444"):
+            self.info["yuv_to_rgb"] = "BT.709 limited range"
+        filename = self.filename if isinstance(self.filename, str) and self.filename else None
+        if filename is None:
+            f.seek(0 if f is not self.fp else start)
+            source: Union[str, bytes] = f.read()
+        else:
+            source = filename
+        self._frames = _Frames(source)
+        self._start = start
+        # load() drops self.fp; seek() gives it back for the next frame (the GIF plugin's way).
+        self._close_exclusive_fp_after_loading = False
+        self._fp = self.fp
+        self._seek_frame(0)
+
+    def _seek_frame(self, frame: int) -> None:
+        header, entries = self._sequence
+        self.fp = self._fp
+        self._frame = frame
+        self.info["frame_type"] = next(e.spec.frame_type for e in entries if e.spec.display_index == frame)
+        self.tile = [ImageFile._Tile(_SEQ_CODEC, (0, 0, header.width, header.height), 0, (self._frames, frame))]
+
+    def seek(self, frame: int) -> None:
+        """Go to frame ``frame`` (display order); ``EOFError`` past the last one."""
+        if not self._seek_check(frame):
+            return
+        if self._sequence is not None:
+            self._seek_frame(frame)
+
+    def tell(self) -> int:
+        return self._frame
+
     def verify(self) -> None:
-        """Check the file's CRC-32 without decoding; ``SyntaxError`` if it does not match."""
+        """Check the file's CRC-32s (every frame section's, for a sequence) without decoding;
+        ``SyntaxError`` if one does not match."""
         if self.fp is None:
             raise RuntimeError("verify must be called directly after open")
         self.fp.seek(self._start)
         data = self.fp.read()
-        if len(data) < 4 or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "little"):
+        if self._sequence is not None:
+            for e in self._sequence[1]:
+                body = data[e.start:e.end]
+                if len(body) < 4 or zlib.crc32(body[:-4]) != int.from_bytes(body[-4:], "little"):
+                    raise SyntaxError(f"broken coolchic sequence: the section of frame {e.spec.display_index} "
+                                      f"fails its CRC-32 (corrupted or truncated)")
+        elif len(data) < 4 or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "little"):
             raise SyntaxError("broken coolchic file: CRC-32 mismatch (corrupted or truncated)")
         if self._exclusive_fp:
             self.fp.close()
@@ -163,6 +277,21 @@ class CoolChicDecoder(ImageFile.PyDecoder):
         return -1, 0
 
 
+class CoolChicFrameDecoder(ImageFile.PyDecoder):
+    """One frame of a sequence file, from the image's :class:`_Frames` (the tile's arguments)."""
+
+    _pulls_fd = True
+
+    def decode(self, buffer) -> tuple:
+        frames, k = self.args
+        try:
+            img = frames.get(k)
+        except CoolChicError as e:
+            raise ImageIOError(f"cannot decode frame {k} of the coolchic sequence: {e}") from None
+        self.set_as_raw(_pixels(img), "I;16" if self.mode == "I;16" else None)
+        return -1, 0
+
+
 def _save(im: Image.Image, fp: IO[bytes], filename) -> None:
     """``im.save(..., lmbda=, preset=, dec_cfg=, ...)``: the keywords of :func:`coolchic.encode`."""
     from coolchic.encoding import ENCODE_OPTIONS, encode
@@ -178,3 +307,4 @@ Image.register_save(FORMAT, _save)
 Image.register_extension(FORMAT, EXTENSION)
 Image.register_mime(FORMAT, MIME)
 Image.register_decoder(_CODEC, CoolChicDecoder)
+Image.register_decoder(_SEQ_CODEC, CoolChicFrameDecoder)

@@ -119,7 +119,9 @@ def test_corrupted_file_raises_pillow_error_types(tmp_path, damage):
 def test_other_files_are_unidentified(tmp_path):
     (tmp_path / "a.cool").write_bytes(b"not a bitstream at all")
     (tmp_path / "b.cool").write_bytes(b"Cc\x01" + b"\xff" * 20)  # our magic, a header that cannot parse
-    for name in ("a.cool", "b.cool"):
+    (tmp_path / "c.cool").write_bytes(b"Cc\x02" + b"\xff" * 20)  # the same for a sequence
+    (tmp_path / "d.cool").write_bytes(b"Cc\x03" + b"\x00" * 20)  # a version this plugin does not know
+    for name in ("a.cool", "b.cool", "c.cool", "d.cool"):
         with pytest.raises(UnidentifiedImageError):
             Image.open(tmp_path / name)
 
@@ -153,3 +155,66 @@ def test_save_without_the_encoder_is_a_clear_error(tmp_path):
     first, second = r.stdout.strip().splitlines()
     assert first.startswith("MissingDependencyError") and "coolchic[encoder]" in first
     assert second == "[]"  # Pillow removed the file it had opened
+
+
+# ---- sequences -------------------------------------------------------------------
+SEQUENCE = REPO / "tests" / "data" / "golden_v2_ipb.cool"  # 16x32 yuv420, I0 P2 B1, 25 fps
+
+
+@pytest.fixture(scope="module")
+def sequence_frames():
+    from coolchic.decoder_runtime import decode_video
+
+    frames = [yuv_to_rgb8(f.image) for f in decode_video(SEQUENCE)]
+    assert not np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[1], frames[2])
+    return frames
+
+
+def test_a_sequence_opens_as_an_animated_image(sequence_frames):
+    from PIL import ImageSequence
+
+    with Image.open(SEQUENCE) as im:
+        assert (im.format, im.mode, im.size, im.n_frames, im.is_animated) == ("COOLCHIC", "RGB", (32, 16), 3, True)
+        assert im.info["duration"] == 40.0 and im.info["fps"] == 25.0
+        assert im.info["bpp"] == 8 * SEQUENCE.stat().st_size / (16 * 32 * 3)
+        seen = []
+        for k, frame in enumerate(ImageSequence.Iterator(im)):  # display order
+            assert im.tell() == k
+            seen.append(im.info["frame_type"])
+            assert np.array_equal(np.asarray(frame), sequence_frames[k]), k
+        assert seen == ["I", "B", "P"]
+        im.seek(0)  # backwards: decoded again from the first frame
+        assert np.array_equal(np.asarray(im), sequence_frames[0])
+        im.seek(2)  # forwards past frame 1
+        assert np.array_equal(np.asarray(im), sequence_frames[2])
+        with pytest.raises(EOFError):
+            im.seek(3)
+
+
+def test_a_sequence_from_a_file_object(sequence_frames):
+    import io
+
+    with Image.open(io.BytesIO(SEQUENCE.read_bytes())) as im:
+        im.seek(1)
+        assert np.array_equal(np.asarray(im), sequence_frames[1])
+
+
+def test_a_corrupted_sequence_frame(tmp_path, sequence_frames):
+    from coolchic.decoder_runtime.sequence import index_sequence
+
+    data = bytearray(SEQUENCE.read_bytes())
+    _, entries = index_sequence(bytes(data))
+    b_frame = next(e for e in entries if e.spec.display_index == 1)
+    data[(b_frame.header_start + b_frame.end) // 2] ^= 0x10
+    bad = tmp_path / "bad.cool"
+    bad.write_bytes(bytes(data))
+    with Image.open(SEQUENCE) as im:
+        im.verify()
+    with Image.open(bad) as im:
+        with pytest.raises(SyntaxError, match="frame 1 fails its CRC-32"):
+            im.verify()
+    with Image.open(bad) as im:
+        assert np.array_equal(np.asarray(im), sequence_frames[0])  # frame 0 is sound
+        im.seek(1)
+        with pytest.raises(OSError, match="cannot decode frame 1"):
+            im.load()
