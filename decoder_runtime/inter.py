@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import BitstreamError
+from .jit import njit
 
 MOTION_SCALE = 16.0  # pixels per unit of the motion channels (docs/bitstream.md, "Inter frames")
 
@@ -45,34 +46,85 @@ def dense_reference(planes: Sequence[np.ndarray], bitdepth: int) -> np.ndarray:
     return out
 
 
-def warp(ref: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """``(C, H, W)`` reference sampled at each pixel's position plus ``flow`` ``(2, H, W)`` (dx, dy)."""
-    c, h, w = ref.shape
-    f32 = np.float32
-    xs = np.clip(np.arange(w, dtype=f32)[None, :] + flow[0], f32(0), f32(w - 1))
-    ys = np.clip(np.arange(h, dtype=f32)[:, None] + flow[1], f32(0), f32(h - 1))
+@njit(inline="always")
+def _position(v, size):
+    """``clip(v, 0, size - 1)`` in float32; NaN (only a hostile file's synthesis makes one) reads as 0."""
+    hi = np.float32(size - 1)
+    if not v > np.float32(0):
+        return np.float32(0)
+    return hi if v > hi else v
+
+
+@njit(inline="always")
+def _taps(xs, ys, w, h):
+    """The four neighbours and weights of the bilinear sample at (xs, ys), borders replicated."""
     x0f = np.floor(xs)
     y0f = np.floor(ys)
-    wx = xs - x0f
-    wy = ys - y0f
-    x0 = x0f.astype(np.intp)
-    y0 = y0f.astype(np.intp)
-    x1 = np.minimum(x0 + 1, w - 1)
-    y1 = np.minimum(y0 + 1, h - 1)
-    flat = ref.reshape(c, h * w)
-    i00, i01, i10, i11 = y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1
+    x0, y0 = int(x0f), int(y0f)
+    return x0, (x0 + 1 if x0 + 1 < w else w - 1), y0, (y0 + 1 if y0 + 1 < h else h - 1), xs - x0f, ys - y0f
+
+
+@njit(inline="always")
+def _bilinear(p, x0, x1, y0, y1, wx, wy):
+    one = np.float32(1)
+    top = (one - wx) * p[y0, x0] + wx * p[y0, x1]
+    bot = (one - wx) * p[y1, x0] + wx * p[y1, x1]
+    return (one - wy) * top + wy * bot
+
+
+@njit(nogil=True)
+def _warp_kernel(ref, flow, out):
+    c, h, w = ref.shape
+    for y in range(h):
+        for x in range(w):
+            x0, x1, y0, y1, wx, wy = _taps(_position(np.float32(x) + flow[0, y, x], w),
+                                           _position(np.float32(y) + flow[1, y, x], h), w, h)
+            for k in range(c):
+                out[k, y, x] = _bilinear(ref[k], x0, x1, y0, y1, wx, wy)
+
+
+@njit(nogil=True)
+def _combine_kernel(raw, n_planes, two_refs, ref0, ref1, out):
+    """:func:`combine` in one pass over the pixels; ``ref1`` is ignored unless ``two_refs``."""
+    _, h, w = raw.shape
+    half, zero, one, scale = np.float32(0.5), np.float32(0), np.float32(1), np.float32(MOTION_SCALE)
+    n = n_planes
+    for y in range(h):
+        for x in range(w):
+            a = raw[n, y, x] + half
+            alpha = zero if a < zero else (one if a > one else a)
+            fx, fy = np.float32(x), np.float32(y)
+            x0, x1, y0, y1, wx, wy = _taps(_position(fx + raw[n + 1, y, x] * scale, w),
+                                           _position(fy + raw[n + 2, y, x] * scale, h), w, h)
+            beta = zero
+            u0, u1, v0, v1, ux, uy = x0, x1, y0, y1, wx, wy
+            if two_refs:
+                u0, u1, v0, v1, ux, uy = _taps(_position(fx + raw[n + 3, y, x] * scale, w),
+                                               _position(fy + raw[n + 4, y, x] * scale, h), w, h)
+                b = raw[n + 5, y, x] + half
+                beta = zero if b < zero else (one if b > one else b)
+            for k in range(n):
+                pred = _bilinear(ref0[k], x0, x1, y0, y1, wx, wy)
+                if two_refs:
+                    pred = beta * pred + (one - beta) * _bilinear(ref1[k], u0, u1, v0, v1, ux, uy)
+                out[k, y, x] = alpha * pred + raw[k, y, x]
+
+
+def warp(ref: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` reference sampled at each pixel's position plus ``flow`` ``(2, H, W)`` (dx, dy)."""
+    ref = np.ascontiguousarray(ref, dtype=np.float32)
     out = np.empty_like(ref)
-    one = f32(1)
-    for k in range(c):
-        p = flat[k]
-        top = (one - wx) * p[i00] + wx * p[i01]
-        bot = (one - wx) * p[i10] + wx * p[i11]
-        out[k] = (one - wy) * top + wy * bot
+    _warp_kernel(ref, np.ascontiguousarray(flow, dtype=np.float32), out)
     return out
 
 
 def combine(raw: np.ndarray, frame_type: str, refs: Sequence[np.ndarray]) -> np.ndarray:
-    """The decoded dense frame ``(planes, H, W)`` (not yet clamped) of a P or B frame's synthesis output."""
+    """The decoded dense frame ``(planes, H, W)`` (not yet clamped) of a P or B frame's synthesis output.
+
+    One numba pass over the pixels (``_combine_kernel``): per pixel, the
+    operations of the module docstring in float32, in that order, no fused
+    multiply-add, so that it agrees bit for bit with the encoder's torch twin.
+    """
     n_refs = n_motion_fields(frame_type)
     if len(refs) != n_refs:
         raise BitstreamError(f"a {frame_type} frame needs {n_refs} reference frame(s), got {len(refs)}")
@@ -80,12 +132,9 @@ def combine(raw: np.ndarray, frame_type: str, refs: Sequence[np.ndarray]) -> np.
     for r in refs:
         if r.shape != (n_planes, *raw.shape[1:]):
             raise BitstreamError(f"a reference frame is {r.shape}, the frame is {(n_planes, *raw.shape[1:])}")
-    half, zero, one = np.float32(0.5), np.float32(0), np.float32(1)
-    residue = raw[:n_planes]
-    alpha = np.clip(raw[n_planes] + half, zero, one)
-    scale = np.float32(MOTION_SCALE)
-    pred = warp(refs[0], raw[n_planes + 1:n_planes + 3] * scale)
-    if frame_type == "B":
-        beta = np.clip(raw[n_planes + 5] + half, zero, one)
-        pred = beta * pred + (one - beta) * warp(refs[1], raw[n_planes + 3:n_planes + 5] * scale)
-    return alpha * pred + residue
+    raw = np.ascontiguousarray(raw, dtype=np.float32)
+    ref0 = np.ascontiguousarray(refs[0], dtype=np.float32)
+    ref1 = np.ascontiguousarray(refs[-1], dtype=np.float32)
+    out = np.empty((n_planes, *raw.shape[1:]), np.float32)
+    _combine_kernel(raw, n_planes, frame_type == "B", ref0, ref1, out)
+    return out

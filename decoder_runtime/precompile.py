@@ -7,8 +7,9 @@ numba compiling the latent decoder (``bench/cold_start.py``). This module
 runs each kernel once, on a tiny made-up grid, with the very argument types a
 decode passes, so that numba compiles it and writes it to the kernel cache
 (:mod:`decoder_runtime.jit`): the stripe decoder on the int32 and on the
-int64 ARM (the int64 one a decode compiles only for a stripe that needs it)
-and the parameter-section reader of large architectures.
+int64 ARM (the int64 one a decode compiles only for a stripe that needs it),
+the parameter-section reader of large architectures and the motion
+compensation of P and B frames.
 
 The wheel build runs it (``_build/coolchic_build.py``): the cache files land
 in the package's ``__pycache__`` and install with it, so a first decode after
@@ -29,6 +30,7 @@ from .arch import DecoderArch, SynthesisLayer, modules_to_send, param_layout
 from .arm_int import build_int_arm
 from .errors import CoolChicError
 from .expgolomb import MAX_ABS_VALUE, PY_READER_MAX_VALUES, _read_fields, module_kinds
+from .inter import _combine_kernel, combine
 from .latent_codec import _decode_stripe, decode_latent_grids
 
 
@@ -64,8 +66,10 @@ def precompile() -> List[Tuple[str, str]]:
     n = PY_READER_MAX_VALUES + 1
     _read_fields(np.frombuffer(bytes(8), dtype=np.uint8), np.array([n], dtype=np.int64),
                  np.empty(n, dtype=np.int32), np.zeros((1, 2), dtype=np.int64), np.zeros(3, dtype=np.int64))
+    # Motion compensation: one specialization serves P and B frames.
+    combine(np.zeros((6, 2, 2), np.float32), "P", [np.zeros((3, 2, 2), np.float32)])
     compiled = []
-    for kernel in (_decode_stripe, _read_fields):
+    for kernel in (_decode_stripe, _read_fields, _combine_kernel):
         path = getattr(kernel, "stats", None) and kernel.stats.cache_path
         compiled.append((kernel.py_func.__qualname__, path or "(not cached)"))
     return compiled

@@ -48,6 +48,31 @@ def test_warp_twins_agree_bit_for_bit():
     assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("frame_type", ["P", "B"])
+def test_combine_twins_agree_bit_for_bit(frame_type):
+    """The runtime's one-pass numba kernel and the encoder's InterCodingModule, motion past the borders included."""
+    from coolchic.encoder.inter import InterCodingModule
+
+    g = torch.Generator().manual_seed(5)
+    n_refs = 1 if frame_type == "P" else 2
+    raw = torch.randn(1, 3 + 3 * n_refs, 21, 27, generator=g) * 0.7
+    raw[:, 4:4 + 2 * n_refs] *= 2  # up to a few dozen pixels of motion
+    refs = [torch.rand(1, 3, 21, 27, generator=g) for _ in range(n_refs)]
+    want = InterCodingModule(frame_type)(raw, refs)[0].numpy()
+    got = inter.combine(raw[0].numpy(), frame_type, [r[0].numpy() for r in refs])
+    assert np.array_equal(got, want)
+
+
+def test_nan_motion_reads_the_first_row_and_column():
+    """Only a hostile file's synthesis makes a NaN: it must not index outside the frame."""
+    ref = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    raw = np.zeros((4, 3, 4), np.float32)
+    raw[1] = 0.5  # alpha 1
+    raw[2] = np.nan
+    got = inter.combine(raw, "P", [ref])
+    np.testing.assert_array_equal(got[0], np.broadcast_to(ref[0, :, :1], (3, 4)))
+
+
 def test_motion_compensation_recovers_a_shifted_image():
     rng = np.random.default_rng(0)
     ref = rng.random((1, 24, 32), dtype=np.float32)
