@@ -241,16 +241,18 @@ class CoolChicImageFile(ImageFile.ImageFile):
         ``SyntaxError`` if one does not match."""
         if self.fp is None:
             raise RuntimeError("verify must be called directly after open")
-        self.fp.seek(self._start)
-        data = self.fp.read()
-        if self._sequence is not None:
-            for e in self._sequence[1]:
-                body = data[e.start:e.end]
+        if self._sequence is not None:  # (the sequence header's CRC was checked on open)
+            for e in self._sequence[1]:  # a section at a time: memory follows the frames, not the file
+                self.fp.seek(self._start + e.start)
+                body = self.fp.read(e.end - e.start)
                 if len(body) < 4 or zlib.crc32(body[:-4]) != int.from_bytes(body[-4:], "little"):
                     raise SyntaxError(f"broken coolchic sequence: the section of frame {e.spec.display_index} "
                                       f"fails its CRC-32 (corrupted or truncated)")
-        elif len(data) < 4 or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "little"):
-            raise SyntaxError("broken coolchic file: CRC-32 mismatch (corrupted or truncated)")
+        else:
+            self.fp.seek(self._start)
+            data = self.fp.read()
+            if len(data) < 4 or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "little"):
+                raise SyntaxError("broken coolchic file: CRC-32 mismatch (corrupted or truncated)")
         if self._exclusive_fp:
             self.fp.close()
         self.fp = None
