@@ -32,6 +32,10 @@ Every jitted function of ``decoder_runtime`` and ``export`` is declared with
   kernel's own package: a change in any of them recompiles every kernel on
   its next use (a few seconds, once).
 
+Loading a cached kernel initialises numba's runtime (NRT) only, not the
+implementation registries that numba's own loader imports first (a quarter of
+a second of a warm process): only a compile uses them, and it loads them.
+
 This relies on numba's cache classes (``numba.core.caching``: a locator, a
 ``CompileResultCacheImpl`` and a ``FunctionCache`` subclass, the pattern of
 numba's own CUDA target) and on ``Dispatcher._cache``, which
@@ -230,6 +234,18 @@ def _kernel_cache_class():
                     self._shipped_file = IndexDataCacheFile(cache_path=shipped,
                                                             filename_base=self._impl.filename_base,
                                                             source_stamp=self._impl.locator.get_source_stamp())
+
+            def load_overload(self, sig, target_context):
+                # numba's Cache.load_overload first refreshes the target
+                # context: it imports and installs every implementation
+                # registry (a quarter of a second), of which rebuilding a
+                # cached kernel needs only the runtime (NRT) it links to. A
+                # compile refreshes the context itself.
+                from numba.core.runtime import rtsys
+
+                rtsys.initialize(target_context)
+                with self._guard_against_spurious_io_errors():
+                    return self._load_overload(sig, target_context)
 
             def _load_overload(self, sig, target_context):
                 data = super()._load_overload(sig, target_context)

@@ -73,6 +73,8 @@ CHILD = textwrap.dedent(
     result["hits"] = sum(stats.cache_hits.values())
     result["misses"] = sum(stats.cache_misses.values())
     result["warnings"] = [[w.category.__name__, str(w.message)] for w in caught]
+    # numba's implementation registries: imported by a compile, not needed to load a cached kernel.
+    result["registries_loaded"] = "numba.np.linalg" in sys.modules
     print(json.dumps(result))
     """
 )
@@ -216,6 +218,8 @@ def test_precompiled_kernels_serve_the_first_decode(tmp_path):
     first = _run_child(site, "image", env)
     assert first.get("sha") == _sha(decode(GOLDEN.read_bytes()).image.planes), first
     assert first["hits"] == 1 and first["misses"] == 0, first
+    assert first["registries_loaded"] is False  # a quarter of a second that loading skips (jit.py)
+    assert built["registries_loaded"] is True
     # Its own cache elsewhere (NUMBA_CACHE_DIR; or the home or temp directory of a
     # read-only install): the shipped kernels are read from the package, not compiled.
     elsewhere = tmp_path / "numba-cache"
