@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -55,13 +54,21 @@ def in_process(data: bytes, threads: int, repeat: int, new_file: bool):
 
 
 def child_wall_and_rss(cmd, runs: int):
-    walls = []
+    """Wall seconds and peak RSS (MB) of each run, the RSS from that child's own rusage
+    (RUSAGE_CHILDREN would give the largest child so far, the warm-up's compile included)."""
+    walls, peaks = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        walls.append(time.perf_counter() - t0)
-    # ru_maxrss of children: the largest of all children waited for so far (KiB on Linux).
-    return walls, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        with tempfile.TemporaryFile() as err:
+            t0 = time.perf_counter()
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(p.pid, 0)
+            walls.append(time.perf_counter() - t0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            if p.returncode != 0:
+                err.seek(0)
+                sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{err.read().decode(errors='replace')}")
+        peaks.append(usage.ru_maxrss / 1024)  # KiB on Linux
+    return walls, peaks
 
 
 def main() -> None:
@@ -88,7 +95,7 @@ def main() -> None:
         subprocess.run(exe, check=True, capture_output=True)  # warm numba cache on disk
         walls, rss = child_wall_and_rss(exe, 5)
     print(f"coolchic-decode process: wall {spread(walls, 1, '{:.3f}')} s median (min-max) of 5, "
-          f"peak RSS {rss:.0f} MB")
+          f"peak RSS {spread(rss, 1, '{:.0f}')} MB")
     print(f"decode_new_file_ms={1e3 * statistics.median(new):.1f} ms")
 
 
