@@ -69,6 +69,17 @@ def open_bitstream(source):
         raise BitstreamError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
+def decode_options(provider: str, max_pixels: Optional[int], max_memory: Union[int, str, None]):
+    """(max_pixels, max_memory) with their defaults applied and sizes parsed, once the
+    provider is known to exist: a missing one fails before any time goes to the latents."""
+    from .bitstream import DEFAULT_MAX_PIXELS
+    from .ort_session import provider_names
+
+    provider_names(provider)
+    return (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+            None if max_memory is None else parse_size(max_memory))
+
+
 def _read_source(source, max_pixels: Optional[int], max_memory: Optional[int]) -> bytes:
     """The bytes of a bitstream file, vetted from its first bytes before the rest is read.
 
@@ -136,17 +147,11 @@ def decode(
     t: Dict[str, float] = {}
     start = time.perf_counter()
     # Loaded on first use: numba and onnxruntime are most of a cold start.
-    from .bitstream import DEFAULT_MAX_PIXELS, read_bitstream
+    from .bitstream import read_bitstream
     from .latent_codec import decode_latents
-    from .ort_session import provider_names
     from .reconstruct import reconstruct
 
-    # Fail on a missing provider before spending time on the latents.
-    provider_names(provider)
-    if max_pixels is None:
-        max_pixels = DEFAULT_MAX_PIXELS
-    if max_memory is not None:
-        max_memory = parse_size(max_memory)
+    max_pixels, max_memory = decode_options(provider, max_pixels, max_memory)
     t["setup"] = time.perf_counter() - start
     if not isinstance(source, (bytes, bytearray, memoryview)):
         t_read = time.perf_counter()

@@ -34,17 +34,21 @@ MAX_UPS_KERNEL = 16
 
 
 FRAME_TYPES = ("I", "P", "B")
+N_REFERENCES = {"I": 0, "P": 1, "B": 2}  # reference frames of each frame type
+
+
+def inter_channels(frame_type: str) -> int:
+    """Synthesis channels after the residue, which ``inter.py`` combines with the
+    references: P, the mask alpha and one motion field (2); B, alpha, two
+    motion fields (4) and the blend beta: 3 per reference."""
+    return 3 * N_REFERENCES[frame_type]
 
 
 def n_output_channels(frame_data_type: str, frame_type: str = "I") -> int:
-    """Channels produced by the synthesis.
-
-    An intra frame: its planes, 1 for gray and 3 otherwise. An inter frame
-    adds what ``inter.py`` combines with the references: P, the mask alpha and
-    one motion field (2); B, alpha, two motion fields (4) and the blend beta.
-    """
+    """Channels produced by the synthesis: the frame's planes (1 for gray, 3
+    otherwise), then :func:`inter_channels`."""
     planes = 1 if frame_data_type == "gray" else 3
-    return planes + {"I": 0, "P": 3, "B": 6}[frame_type]
+    return planes + inter_channels(frame_type)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from .arch import (
-    FRAME_TYPES,
     ARM_CONTEXT_STEP,
     DEFAULT_MAX_PIXELS,
     FINAL_UPSAMPLING_TYPES,
     FRAME_DATA_TYPES,
+    FRAME_TYPES,
     MAX_ARM_CONTEXT,
     MAX_ARM_HIDDEN_LAYERS,
     MAX_IFCE_FEATURES,

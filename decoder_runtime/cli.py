@@ -156,17 +156,11 @@ def _run(argv: Optional[List[str]]) -> int:
         import time
 
         from .api import decode
-        from .image_io import IMAGE_EXTENSIONS, extension_of, write_image
+        from .image_io import write_image
 
-        ext = extension_of(args.output)
         if _is_sequence(args.input):
             return _decode_sequence(args)
-        if ext not in IMAGE_EXTENSIONS:
-            # Checked before decoding: a wrong name should not cost a decode.
-            raise ImageIOError(f"{args.output}: unknown output extension {ext or '(none)'!r}; use .png .ppm .pgm or .yuv")
-        out_dir = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(out_dir):
-            raise ImageIOError(f"{args.output}: directory {out_dir} does not exist")
+        _check_output(args.output)
         dec = decode(args.input, provider=args.provider, threads=args.threads, timings=True,
                      max_memory=args.max_memory, max_pixels=args.max_pixels, tile_rows=args.tile_rows)
         t0 = time.perf_counter()
@@ -181,6 +175,19 @@ def _run(argv: Optional[List[str]]) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _check_output(path: str) -> None:
+    """An image extension and an existing directory: checked before decoding, as a wrong
+    name should not cost a decode."""
+    from .image_io import IMAGE_EXTENSIONS, extension_of
+
+    ext = extension_of(path)
+    if ext not in IMAGE_EXTENSIONS:
+        raise ImageIOError(f"{path}: unknown output extension {ext or '(none)'!r}; use .png .ppm .pgm or .yuv")
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(out_dir):
+        raise ImageIOError(f"{path}: directory {out_dir} does not exist")
 
 
 def _is_sequence(path: str) -> bool:
@@ -199,31 +206,23 @@ def _decode_sequence(args) -> int:
     import time
 
     from .atomic_file import atomic_open
-    from .image_io import IMAGE_EXTENSIONS, encode_image, extension_of, write_image
+    from .image_io import encode_image, extension_of, frame_name, write_image
     from .video import decode_video
 
     out = args.output
-    ext = extension_of(out)
     pattern = "%" in out
     if pattern:
-        try:
-            out % 0
-        except (TypeError, ValueError):
-            raise ImageIOError(f"{out}: not a printf pattern with one integer (e.g. frame_%03d.png)") from None
-        if ext not in IMAGE_EXTENSIONS:
-            raise ImageIOError(f"{out}: unknown output extension {ext or '(none)'!r}; use .png .ppm .pgm or .yuv")
-    elif ext != ".yuv":
+        frame_name(out, 0)  # a valid pattern, before decoding
+    elif extension_of(out) != ".yuv":
         raise ImageIOError(f"{out}: a sequence decodes to one .yuv file or to a pattern such as frame_%03d.png")
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir):
-        raise ImageIOError(f"{out}: directory {out_dir} does not exist")
+    _check_output(out)
     t0 = time.perf_counter()
     frames = decode_video(args.input, provider=args.provider, threads=args.threads, timings=True,
                           max_memory=args.max_memory, max_pixels=args.max_pixels)
     n = 0
     if pattern:
         for n, dec in enumerate(frames, 1):
-            write_image(dec.image, out % (n - 1), args.png_compress_level)
+            write_image(dec.image, frame_name(out, n - 1), args.png_compress_level)
             _frame_line(args, n - 1, dec)
     else:
         try:

@@ -46,10 +46,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from coolchic.decoder_runtime.arch import FRAME_TYPES, N_REFERENCES
 from coolchic.decoder_runtime.errors import ConfigError
 
-FRAME_TYPES = ("I", "P", "B")
-_N_REFS = {"I": 0, "P": 1, "B": 2}
 _TOKEN = re.compile(r"(\d+)(?:-(\d+))?")
 
 
@@ -190,12 +189,12 @@ def check_structure(structure: Sequence[FrameSpec], n_frames: int) -> None:
             raise ConfigError(f"{where}: display index out of range 0 to {n_frames - 1}")
         if d in decoded:
             raise ConfigError(f"{where}: display index {d} appears twice")
-        if frame.frame_type not in _N_REFS:
+        if frame.frame_type not in N_REFERENCES:
             raise ConfigError(f"{where}: unknown frame type {frame.frame_type!r}, expected one of {FRAME_TYPES}")
         refs = tuple(frame.refs)
-        if len(refs) != _N_REFS[frame.frame_type]:
+        if len(refs) != N_REFERENCES[frame.frame_type]:
             raise ConfigError(
-                f"{where}: {frame.frame_type} frames have {_N_REFS[frame.frame_type]} reference(s), got {len(refs)}"
+                f"{where}: {frame.frame_type} frames have {N_REFERENCES[frame.frame_type]} reference(s), got {len(refs)}"
             )
         for r in refs:
             if r not in decoded:

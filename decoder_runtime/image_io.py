@@ -46,6 +46,14 @@ def extension_of(path: PathLike) -> str:
     return os.path.splitext(os.fspath(path))[1].lower()
 
 
+def frame_name(pattern: str, index: int) -> str:
+    """The file name of frame ``index`` in a printf pattern such as ``frame_%03d.png``."""
+    try:
+        return pattern % index
+    except (TypeError, ValueError):
+        raise ImageIOError(f"{pattern}: not a printf pattern with one integer (e.g. frame_%03d.png)") from None
+
+
 def _check_size(w: int, h: int, what: str) -> None:
     if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE) or w * h > MAX_IMAGE_PIXELS:
         raise ImageIOError(

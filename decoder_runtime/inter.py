@@ -24,14 +24,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .arch import N_REFERENCES, inter_channels
 from .errors import BitstreamError
 from .jit import njit
 
 MOTION_SCALE = 16.0  # pixels per unit of the motion channels (docs/bitstream.md, "Inter frames")
-
-
-def n_motion_fields(frame_type: str) -> int:
-    return {"P": 1, "B": 2}[frame_type]
 
 
 def dense_reference(planes: Sequence[np.ndarray], bitdepth: int) -> np.ndarray:
@@ -125,10 +122,10 @@ def combine(raw: np.ndarray, frame_type: str, refs: Sequence[np.ndarray]) -> np.
     operations of the module docstring in float32, in that order, no fused
     multiply-add, so that it agrees bit for bit with the encoder's torch twin.
     """
-    n_refs = n_motion_fields(frame_type)
+    n_refs = N_REFERENCES[frame_type]
     if len(refs) != n_refs:
         raise BitstreamError(f"a {frame_type} frame needs {n_refs} reference frame(s), got {len(refs)}")
-    n_planes = raw.shape[0] - (3 if frame_type == "P" else 6)
+    n_planes = raw.shape[0] - inter_channels(frame_type)
     for r in refs:
         if r.shape != (n_planes, *raw.shape[1:]):
             raise BitstreamError(f"a reference frame is {r.shape}, the frame is {(n_planes, *raw.shape[1:])}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .arch import FRAME_DATA_TYPES, FRAME_TYPES, MAX_IMAGE_SIDE
+from .arch import FRAME_DATA_TYPES, FRAME_TYPES, MAX_IMAGE_SIDE, N_REFERENCES
 from .bitstream import (
     HEADER_PEEK,
     MAGIC,
@@ -34,7 +34,6 @@ from .coding_structure import FrameSpec, check_structure
 from .errors import BitstreamError, ConfigError, ResourceLimitError
 
 MAX_FRAMES = 1 << 16
-N_REFS = {"I": 0, "P": 1, "B": 2}
 # Decoding a sequence reads the whole file: refuse, unread, a file (or pipe)
 # beyond this size.
 MAX_SEQUENCE_BYTES = 1 << 31
@@ -188,7 +187,7 @@ def frame_entry(data: bytes, start: int, end: int, n_frames: int, k: int = 0) ->
     if t >= len(FRAME_TYPES):
         raise BitstreamError(f"frame section {k}: invalid frame type {t}")
     ftype = FRAME_TYPES[t]
-    refs = tuple(f.varint(f"frame section {k} reference {i}", 0, n_frames - 1) for i in range(N_REFS[ftype]))
+    refs = tuple(f.varint(f"frame section {k} reference {i}", 0, n_frames - 1) for i in range(N_REFERENCES[ftype]))
     return FrameEntry(FrameSpec(display, ftype, refs, 0), start, f.pos, end)
 
 

@@ -21,9 +21,9 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .api import DecodedImage, Source, open_bitstream
+from .api import DecodedImage, Source, decode_options, open_bitstream
 from .arch import synthesis_latents
-from .budget import DEFAULT_MAX_MEMORY, parse_size
+from .budget import DEFAULT_MAX_MEMORY
 from .errors import BitstreamError
 from .frame import RawImage
 
@@ -62,17 +62,11 @@ def decode_video(
     whose sections, frame count or coding structure are unsound, and when a
     frame's section is corrupted (when that frame's turn comes).
     """
-    from .bitstream import DEFAULT_MAX_PIXELS
     from .inter import dense_reference
     from .latent_codec import decode_latents
-    from .ort_session import provider_names
     from .sequence import index_sequence, index_sequence_file, read_sequence_frame
 
-    provider_names(provider)
-    if max_pixels is None:
-        max_pixels = DEFAULT_MAX_PIXELS
-    if max_memory is not None:
-        max_memory = parse_size(max_memory)
+    max_pixels, max_memory = decode_options(provider, max_pixels, max_memory)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         header, entries = index_sequence(data, max_pixels)

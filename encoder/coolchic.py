@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coolchic.decoder_runtime.arch import (
+    FRAME_TYPES,
     DecoderArch,
     modules_to_send,
-    FRAME_TYPES,
     n_output_channels,
     param_layout,
     parse_synthesis_layer,

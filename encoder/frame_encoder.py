@@ -18,14 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from coolchic.decoder_runtime.arch import FRAME_DATA_TYPES
+from coolchic.decoder_runtime.arch import FRAME_DATA_TYPES, FRAME_TYPES, N_REFERENCES
 from coolchic.decoder_runtime.errors import ConfigError
 from coolchic.decoder_runtime.frame import RawImage
 
 from .coolchic import CoolChicEncoder, CoolChicEncoderParameter
 from .inter import InterCodingModule
 
-FRAME_TYPES = ("I", "P", "B")
 SAVE_FORMAT_VERSION = 1
 
 
@@ -135,7 +134,7 @@ class FrameEncoder(nn.Module):
 
     def set_references(self, references: Sequence[Tensor]) -> None:
         """The decoded reference frames, dense (1, C, H, W) in [0, 1] (yuv420 chroma repeated 2x2)."""
-        n = {"I": 0, "P": 1, "B": 2}[self.frame_type]
+        n = N_REFERENCES[self.frame_type]
         if len(references) != n:
             raise ConfigError(f"a {self.frame_type} frame needs {n} reference frame(s), got {len(references)}")
         self.references = tuple(references)

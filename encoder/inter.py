@@ -14,9 +14,8 @@ from typing import Dict, Sequence
 import torch
 from torch import Tensor, nn
 
+from coolchic.decoder_runtime.arch import inter_channels
 from coolchic.decoder_runtime.inter import MOTION_SCALE
-
-N_EXTRA_CHANNELS = {"P": 3, "B": 6}  # alpha + motion (+ motion + beta): arch.n_output_channels
 
 
 def warp(ref: Tensor, flow: Tensor) -> Tensor:
@@ -47,13 +46,13 @@ class InterCodingModule(nn.Module):
 
     def __init__(self, frame_type: str):
         super().__init__()
-        if frame_type not in N_EXTRA_CHANNELS:
+        if frame_type not in ("P", "B"):
             raise ValueError(f"InterCodingModule is for P and B frames, not {frame_type!r}")
         self.frame_type = frame_type
 
     def split(self, raw_out: Tensor) -> Dict[str, Tensor]:
         """The named channels of the synthesis output."""
-        n = raw_out.shape[1] - N_EXTRA_CHANNELS[self.frame_type]
+        n = raw_out.shape[1] - inter_channels(self.frame_type)
         parts = {"residue": raw_out[:, :n], "alpha": torch.clamp(raw_out[:, n:n + 1] + 0.5, 0, 1),
                  "flow_0": raw_out[:, n + 1:n + 3] * MOTION_SCALE}
         if self.frame_type == "B":
@@ -63,7 +62,7 @@ class InterCodingModule(nn.Module):
 
     def flows(self, raw_out: Tensor) -> Tensor:
         """(1, 2 or 4, H, W): the motion fields in pixels."""
-        n = raw_out.shape[1] - N_EXTRA_CHANNELS[self.frame_type]
+        n = raw_out.shape[1] - inter_channels(self.frame_type)
         return (raw_out[:, n + 1:n + 3] if self.frame_type == "P" else raw_out[:, n + 1:n + 5]) * MOTION_SCALE
 
     def forward(self, raw_out: Tensor, references: Sequence[Tensor]) -> Tensor:

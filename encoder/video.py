@@ -80,16 +80,16 @@ def read_sequence(path, n_frames: Optional[int] = None, first: int = 0, width: O
     """Frames ``first .. first + n_frames - 1`` of a raw YUV file (format from its name,
     ``name_WxH_FPSp_yuv420_8b.yuv``, or the arguments) or of a PNG sequence given as a
     printf pattern (``frame_%03d.png``, numbered from 0 or 1); all frames when ``n_frames`` is None."""
-    from coolchic.decoder_runtime.image_io import read_image, read_yuv, yuv_format
+    from coolchic.decoder_runtime.image_io import frame_name, read_image, read_yuv, yuv_format
 
     text = os.fspath(path)
     if "%" in text:
-        start = first if os.path.exists(_pattern(text, first)) or first else 1
-        if not os.path.exists(_pattern(text, start)):
-            raise ImageIOError(f"{text}: no frame {_pattern(text, first)} (nor numbered from 1)")
+        start = first if os.path.exists(frame_name(text, first)) or first else 1
+        if not os.path.exists(frame_name(text, start)):
+            raise ImageIOError(f"{text}: no frame {frame_name(text, first)} (nor numbered from 1)")
         frames = []
         while n_frames is None or len(frames) < n_frames:
-            name = _pattern(text, start + len(frames))
+            name = frame_name(text, start + len(frames))
             if not os.path.exists(name):
                 if n_frames is None:
                     break
@@ -103,13 +103,6 @@ def read_sequence(path, n_frames: Optional[int] = None, first: int = 0, width: O
     if first + count > total or count < 1:
         raise ImageIOError(f"{text}: frames {first} to {first + count - 1} asked for, the file has {total}")
     return [read_yuv(text, fmt, first + i) for i in range(count)]
-
-
-def _pattern(pattern: str, i: int) -> str:
-    try:
-        return pattern % i
-    except (TypeError, ValueError):
-        raise ImageIOError(f"{pattern}: not a printf pattern with one integer (e.g. frame_%03d.png)") from None
 
 
 def frame_rate_from_name(path) -> Optional[Tuple[int, int]]:
@@ -286,7 +279,7 @@ def encode_video(
 
 
 def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n_sub, n_frames, workdir,
-                motion_init, log_fn, progress_fn) -> Tuple[bytes, RawImage]:
+                motion_init, log_fn, progress_fn) -> Tuple[bytes, RawImage, Dict[str, int]]:
     dense_refs = [torch.from_numpy(dense_reference(r.planes, r.bitdepth))[None] for r in refs]
     guidance = None
     if spec.frame_type != "I" and motion_init:

@@ -14,9 +14,15 @@ from typing import Mapping, Sequence, Tuple
 
 import numpy as np
 
-from coolchic.decoder_runtime.arch import FINAL_UPSAMPLING_TYPES, FRAME_DATA_TYPES, DecoderArch, modules_to_send, param_layout
+from coolchic.decoder_runtime.arch import (
+    FINAL_UPSAMPLING_TYPES,
+    FRAME_DATA_TYPES,
+    FRAME_TYPES,
+    DecoderArch,
+    modules_to_send,
+    param_layout,
+)
 from coolchic.decoder_runtime.arm_int import build_int_arm
-from coolchic.decoder_runtime.arch import FRAME_TYPES
 from coolchic.decoder_runtime.bitstream import IMAGE_VERSION, MAGIC, MAX_SUBSTREAMS, read_bitstream
 from coolchic.decoder_runtime.errors import BitstreamError, EncodeError
 from coolchic.decoder_runtime.expgolomb import COUNT_BITS, MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, SHIFT_BITS, module_kinds
