@@ -118,6 +118,17 @@ def _read_source(source, max_pixels: Optional[int], max_memory: Optional[int]) -
     return data
 
 
+def out_of_memory(arch, max_memory: Optional[int], what: str) -> ResourceLimitError:
+    """The error for a MemoryError within ``max_memory``: beyond what this machine
+    has, still the caller's error type (``decode``, ``decode_video``)."""
+    h, w = arch.img_size
+    limit = "no limit" if max_memory is None else format_bytes(max_memory)
+    return ResourceLimitError(
+        f"the system ran out of memory while decoding this {h}x{w} {what} (max_memory: {limit}); set "
+        f"max_memory (--max-memory) below the memory available to refuse such files before decoding"
+    )
+
+
 def decode(
     source: Source,
     provider: str = "cpu",
@@ -169,13 +180,7 @@ def decode(
         image = reconstruct(bs.arch, bs.float_params(), latents, provider=provider, threads=threads, timings=t,
                             tile_rows=tile_rows)
     except MemoryError:
-        # Within max_memory but beyond what this machine has: still the caller's error type.
-        h, w = bs.arch.img_size
-        limit = "no limit" if max_memory is None else format_bytes(max_memory)
-        raise ResourceLimitError(
-            f"the system ran out of memory while decoding this {h}x{w} bitstream (max_memory: {limit}); set "
-            f"max_memory (--max-memory) below the memory available to refuse such files before decoding"
-        ) from None
+        raise out_of_memory(bs.arch, max_memory, "bitstream") from None
     t["parse"] = t1 - t0
     t["latents"] = t2 - t1
     t["total"] = time.perf_counter() - start

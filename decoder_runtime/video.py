@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .api import DecodedImage, Source, decode_options, open_bitstream
+from .api import DecodedImage, Source, decode_options, open_bitstream, out_of_memory
 from .arch import synthesis_latents
 from .budget import DEFAULT_MAX_MEMORY
 from .errors import BitstreamError
@@ -102,14 +102,17 @@ def decode_video(
         blob, local = section(entry)
         bs = read_sequence_frame(blob, header, local, max_memory)
         t1 = time.perf_counter()
-        grids = decode_latents(bs, threads=threads)
-        t2 = time.perf_counter()
-        refs = []
-        for r in spec.refs:
-            if r not in dense:
-                dense[r] = dense_reference(done[r].planes, header.bitdepth)
-            refs.append(dense[r])
-        image = reconstruct_frame(bs, grids, refs, provider, threads, t)
+        try:
+            grids = decode_latents(bs, threads=threads)
+            t2 = time.perf_counter()
+            refs = []
+            for r in spec.refs:
+                if r not in dense:
+                    dense[r] = dense_reference(done[r].planes, header.bitdepth)
+                refs.append(dense[r])
+            image = reconstruct_frame(bs, grids, refs, provider, threads, t)
+        except MemoryError:
+            raise out_of_memory(bs.arch, max_memory, "sequence") from None
         for r in spec.refs:
             uses[r] -= 1
         done[spec.display_index] = image

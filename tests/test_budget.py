@@ -245,6 +245,20 @@ def test_cli_max_memory(small_stream, tmp_path):
     assert (r.returncode, r.stderr) == (0, "") and (tmp_path / "o.png").exists()
 
 
+def test_out_of_memory_in_a_sequence_is_a_resource_limit_error(monkeypatch):
+    """The same for decode_video, on the golden I-P-B sequence (16x32)."""
+    from pathlib import Path
+
+    def exhausted(bs, threads=1):
+        return np.empty((1 << 62,), np.uint8)
+
+    monkeypatch.setattr("coolchic.decoder_runtime.latent_codec.decode_latents", exhausted)
+    path = Path(__file__).parent / "data" / "golden_v2_ipb.cool"
+    with pytest.raises(ResourceLimitError, match=r"ran out of memory while decoding this 16x32 sequence "
+                                                 r"\(max_memory: 4.0 GiB\)"):
+        next(decoder_runtime.decode_video(path))
+
+
 def test_out_of_memory_within_the_limit_is_a_resource_limit_error(small_stream, monkeypatch):
     """A machine with less memory than max_memory: numpy's MemoryError reaches the caller as a CoolChicError."""
     def exhausted(bs, threads=1):
