@@ -20,7 +20,8 @@ tools, over the PSNR interval both curves cover; the headline is the mean
 over images. Against the reference's published points when images are whole.
 
 Coolchic results go to ``<out>.coolchic.tsv`` as they come, and a rerun with
-the same options reuses them (an interrupted run resumes). Writes
+the same options and the same preset and decoder configuration contents
+reuses them (an interrupted run resumes; ``--fresh`` after a code change). Writes
 ``<out>.tsv`` (every point of every codec) and ``<out>.png`` (mean curves;
 matplotlib). Last line: ``bd_rate_vs_avif=<mean> %``.
 """
@@ -156,7 +157,14 @@ def encode_coolchic(job):
 
 
 def _run_key(args) -> str:
-    return f"{args.preset}|{args.dec_cfg}|{args.n_itr}|{args.crop}"
+    """Options and the contents of the preset and decoder configuration: editing
+    ``cfg/enc/fast.cfg`` must not reuse points encoded with the old file."""
+    import hashlib
+
+    from coolchic.encoder.presets import load_decoder_config, load_encoder_preset
+
+    cfg = repr(load_encoder_preset(args.preset)) + repr(sorted(load_decoder_config(args.dec_cfg).items()))
+    return f"{args.preset}|{args.dec_cfg}|{args.n_itr}|{args.crop}|{hashlib.sha256(cfg.encode()).hexdigest()[:12]}"
 
 
 def run_coolchic(images, lmbdas, args):
@@ -164,12 +172,12 @@ def run_coolchic(images, lmbdas, args):
     part = args.out.with_suffix(".coolchic.tsv")
     key = _run_key(args)
     done = {}
-    if part.exists():
+    if part.exists() and not args.fresh:
         for r in csv.DictReader(part.open(), delimiter="\t"):
             if r["run"] == key:
                 done[(r["image"], float(r["lmbda"]))] = (float(r["bpp"]), float(r["psnr_db"]),
                                                          float(r["encode_s"]), float(r["decode_s"]))
-    else:
+    if not part.exists():
         part.write_text("run\timage\tlmbda\tbpp\tpsnr_db\tencode_s\tdecode_s\n")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = [(n, img, lm, args.preset, args.dec_cfg, args.n_itr, threads)
@@ -200,6 +208,9 @@ def main() -> None:
     ap.add_argument("--n-itr", type=int, default=None, help="override the preset's main phase iterations")
     ap.add_argument("--jobs", type=int, default=2, help="encodes at a time (threads each: cores / jobs)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "rd")
+    ap.add_argument("--fresh", action="store_true",
+                    help="encode every point again (after a code change: points are reused by options and "
+                         "configuration contents only)")
     args = ap.parse_args()
     lmbdas = [float(v) for v in args.lmbdas.split(",")]
     images = load_images(args.images, args.crop or None)
