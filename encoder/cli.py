@@ -34,9 +34,9 @@ video (one sequence file; frames other than I and P are hierarchical B frames):
 
 Decoder configurations (--dec-cfg): vlop, lop, mop, hop, vhop (about 330, 620,
 1240, 2240, 2830 multiplications per pixel), or a path to a .cfg file.
-Encoder presets (--preset): fast, medium, slow (2000, 10000, 30000 iterations:
-warm-up among 5 then 2 candidates, main soft-round phase, 500 hard-round
-iterations, then network quantization and RDOQ), debug, or a .cfg file.
+Encoder presets (--preset): fast, medium, slow (1600, 10000, 30000 iterations:
+warm-up among 5 then 2 candidates, main soft-round phase, 100 (fast) or 500
+hard-round iterations, then network quantization and RDOQ), debug, or a .cfg file.
 With --workdir, an interrupted encode resumes from its last checkpoint.
 """
 

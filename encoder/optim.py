@@ -64,6 +64,72 @@ def warmup_noise_level(lmbda: float) -> float:
     return (0.747 - 0.432 * math.log10(lmbda)) / 10.0
 
 
+def _soap_class():
+    """pytorch-optimizer's SOAP with a faster step for the tensors it does not precondition."""
+    from pytorch_optimizer import SOAP  # the encoder extra pins it
+
+    class FastSOAP(SOAP):
+        """SOAP whose tensors without a preconditioner (biases, upsampling kernels,
+        latents: every entry of their ``GG`` empty) take their Adam step together,
+        in a few ``torch._foreach`` calls, instead of a dozen calls per tensor.
+
+        Same arithmetic, operation by operation, as ``SOAP.step`` on those
+        tensors (``test_encoder_optim`` checks equality after several steps):
+        ``m.lerp_(g, 1 - b1)``, ``v.lerp_(g^2, 1 - b2)``,
+        ``p -= step_size * m / (sqrt(v) + eps)``, then ``p *= 1 - lr wd``. The
+        preconditioned tensors go through SOAP's own loop. 20 of our 28
+        network tensors and every latent grid have no preconditioner: the step
+        took 4.3 ms for 35 tensors (2 threads), most of it call overhead.
+        """
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            if closure is not None or self.maximize or any(g["normalize_gradient"] for g in self.param_groups):
+                return super().step(closure)
+            rest = []
+            for group in self.param_groups:
+                rest.append(self._plain_step(group))
+            # SOAP's own loop (which counts the step) sees the preconditioned tensors only.
+            saved = [g["params"] for g in self.param_groups]
+            try:
+                for g, r in zip(self.param_groups, rest):
+                    g["params"] = r
+                super().step()
+            finally:
+                for g, p in zip(self.param_groups, saved):
+                    g["params"] = p
+            return None
+
+        def _plain_step(self, group) -> list:
+            """Step the group's tensors without a preconditioner; return the others."""
+            self.init_group(group)
+            plain, rest = [], []
+            for p in group["params"]:
+                if p.grad is not None:
+                    gg = self.state[p]["GG"]
+                    (plain if all(len(m) == 0 for m in gg) else rest).append(p)
+            step = group["step"]  # SOAP's step() adds 1 next; its first step only gathers statistics
+            if not plain or step == 0:
+                return rest
+            beta1, beta2 = group["betas"]
+            step_size = group["lr"]
+            if group["correct_bias"]:
+                step_size *= math.sqrt(self.debias(beta2, step)) / self.debias(beta1, step)
+            grads = [p.grad for p in plain]
+            m = [self.state[p]["exp_avg"] for p in plain]
+            v = [self.state[p]["exp_avg_sq"] for p in plain]
+            torch._foreach_lerp_(m, grads, 1.0 - beta1)
+            torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), 1.0 - beta2)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_add_(plain, torch._foreach_div(m, denom), alpha=-step_size)
+            if group["weight_decay"] != 0.0:
+                torch._foreach_mul_(plain, 1.0 - group["weight_decay"] * group["lr"])
+            return rest
+
+    return FastSOAP
+
+
 def make_optimizer(
     network_params: Sequence[Tensor],
     latent_params: Sequence[Tensor],
@@ -73,8 +139,6 @@ def make_optimizer(
     precondition_frequency_model: int = 10,
 ) -> torch.optim.Optimizer:
     """SOAP on the networks, Adam-like on the latents (see module docstring)."""
-    from pytorch_optimizer import SOAP  # the encoder extra pins it
-
     groups: List[dict] = []
     if network_params:
         groups.append(dict(params=list(network_params), lr=lr, betas=tuple(betas_model),
@@ -85,7 +149,7 @@ def make_optimizer(
                            precondition_frequency=1, max_precondition_dim=0, weight_decay=0.0))
     if not groups:
         raise ConfigError("nothing to optimize")
-    return SOAP(groups, lr=lr, merge_dims=False, precondition_1d=False)
+    return _soap_class()(groups, lr=lr, merge_dims=False, precondition_1d=False)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -111,8 +111,12 @@ def hard_rounded(frame_encoder: FrameEncoder, frame):
 
 def decoded_mse(frame_encoder: FrameEncoder, frame, dense) -> float:
     """MSE of the decoded frame (output rounded to the bit depth) from the synthesis input ``dense``."""
-    cc = frame_encoder.coolchic_encoder
-    out = frame_encoder.postprocess(cc.synthesize(dense), dense.new_zeros(0))
+    return synthesis_output_mse(frame_encoder, frame, frame_encoder.coolchic_encoder.synthesize(dense))
+
+
+def synthesis_output_mse(frame_encoder: FrameEncoder, frame, raw) -> float:
+    """MSE of the decoded frame (output rounded to the bit depth) from the synthesis output ``raw``."""
+    out = frame_encoder.postprocess(raw, raw.new_zeros(0))
     sse, n = squared_error_and_count(out.decoded_planes, frame.planes)
     return float(sse) / n
 

@@ -13,9 +13,10 @@ from it, while J keeps falling; a move that does not lower J is undone, so J
 never rises. The Exp-Golomb bits of one integer (``exp_golomb_nbits``) make
 the network-rate change of a move exact without recounting the module.
 Only what a module changes is recomputed: the latent rate for the ARM (from
-a cached ARM input) and the IFCE, the synthesis output for the synthesis (from
-cached upsampled latents), both for the upsampling. Finally each Exp-Golomb
-count is re-chosen for the new integers (which can only lower J).
+a cached ARM input) and the IFCE, the synthesis output for the synthesis
+(from cached upsampled latents, and from the cached input of the layer that
+moved), both for the upsampling. Finally each Exp-Golomb count is re-chosen
+for the new integers (which can only lower J).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from coolchic.decoder_runtime.expgolomb import exp_golomb_nbits
 
 from .arm import arm_input, laplace_rate
 from .frame_encoder import FrameEncoder
 from .nn_rate import MAX_PARAM_INT, best_expgol_count
-from .quantizemodel import decoded_mse, hard_rounded
+from .quantizemodel import decoded_mse, hard_rounded, synthesis_output_mse
 
 MAX_MOVE = 15  # the reference's bound on |change| of one integer
 # Pixel-evaluations one pass may spend: each evaluation decodes the frame (or
@@ -72,7 +74,7 @@ def rdoq_model(frame_encoder: FrameEncoder, frame, lmbda: float, seed: int = 0,
 
 def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s, max_evaluations) -> Dict[str, float]:
     a = cc.arch
-    state: Dict[str, object] = {"u": None, "dense": None}
+    state: Dict[str, object] = {"u": None, "dense": None, "inputs": None}
 
     def latent_bits(module: str) -> float:
         if module == "arm" and cc.tile_plan is None:  # a tiled frame has no whole ARM input to cache
@@ -87,6 +89,17 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s, max_
             state["dense"] = cc.dense_latent(flat)
         return decoded_mse(fe, frame, state["dense"])
 
+    # A synthesis move reruns the synthesis from the input of its own layer only.
+    syn = cc.synthesis
+    syn_layer = {id(c.weight): i for i, c in enumerate(syn.layers)}
+    syn_layer.update({id(c.bias): i for i, c in enumerate(syn.layers)})
+    if syn.stabiliser is not None:
+        syn_layer[id(syn.stabiliser.weight)] = len(syn.layers)
+
+    def synthesis_mse(t: Tensor) -> float:
+        i, inputs = syn_layer[id(t)], state["inputs"]
+        return synthesis_output_mse(fe, frame, syn.forward_from(i, inputs[i], inputs[0]))
+
     nn_bits_total = cc.get_network_rate()[1]
     base_lat, base_mse = latent_bits("ifce"), mse("upsampling")
     cost_before = base_mse + lmbda * (base_lat + nn_bits_total) / n_pixels
@@ -96,9 +109,15 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s, max_
 
     for module in cc.modules_to_send:
         rate_only = module in ("arm", "ifce")
+        layer_cache = module == "synthesis" and cc.tile_plan is None
+        if layer_cache:  # from the parameters as they stand, before any trial move
+            mse(module)
+            state["inputs"] = syn.layer_inputs(state["dense"])
         lat, dist = base_lat, base_mse
 
-        def score() -> tuple:
+        def score(t: Tensor) -> tuple:
+            if layer_cache:
+                return lat, synthesis_mse(t)
             return (latent_bits(module), dist) if rate_only else (lat, mse(module))
 
         for kind in cc.nn_q_step[module]:
@@ -122,7 +141,7 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s, max_
                         if abs(v) > MAX_PARAM_INT:
                             break
                         t[i] = v * step
-                        cand_lat, cand_dist = score()
+                        cand_lat, cand_dist = score(t)
                         evals += 1
                         cost = cand_dist + lmbda * (cand_lat + exp_golomb_nbits((v,), k) - bits0) / n_pixels
                         if cost < best_cost:
@@ -136,10 +155,12 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s, max_
                 if best_v != v0:
                     moves += 1
                     lat, dist = lat_best, dist_best
+                    if layer_cache:
+                        state["inputs"] = syn.layer_inputs(state["dense"])
             if out_of_time:
                 break
         # Refresh what later modules start from.
-        state["dense"] = None
+        state["dense"] = state["inputs"] = None
         base_lat, base_mse = latent_bits("ifce"), mse("upsampling")
         for kind in cc.nn_q_step[module]:
             ints = cc.module_integer_params(module, kind, cc.nn_q_step[module][kind])

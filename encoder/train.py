@@ -148,6 +148,7 @@ class PhaseResult:
     psnr_db: float
     rate_bpp: float
     stopped_early: bool
+    quantize_s: float = 0.0  # quantize_model and rdoq_model, inside the phase's time
 
 
 @dataclass
@@ -254,9 +255,25 @@ def train_phase(
     """
     counter = counter or _Counter(0, phase.max_itr)
     net_params, latent_params = _parameters_to_optimize(frame_encoder, phase.optimized_module)
+    frozen: List[Tensor] = []
     if phase.quantizer_type == "hardround":
-        # round() has no gradient: the latents stay as they are.
+        # round() has a zero gradient: the latents stay as they are. Taking them
+        # out of autograd spares the backward its passes through the latent
+        # side (the ARM input gather, the first upsampling inputs).
+        frozen = [p for p in latent_params if p.requires_grad]
         latent_params = []
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return _train_phase(frame_encoder, frame, phase, lmbda, net_params, latent_params, callback, stage,
+                            counter, callback_every, save_progress, checkpoint_every, resume_from)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _train_phase(frame_encoder, frame, phase, lmbda, net_params, latent_params, callback, stage, counter,
+                 callback_every, save_progress, checkpoint_every, resume_from) -> PhaseResult:
     if not (net_params or latent_params) or phase.max_itr == 0:
         res = evaluate(frame_encoder, frame, lmbda)
         return PhaseResult(0, float(res.loss), res.psnr_db, res.total_rate_bpp, False)
@@ -320,12 +337,14 @@ def train_phase(
     # Skipped iterations still count, so a progress bar ends full.
     counter.done += phase.max_itr - itr
     frame_encoder.set_param(best_state)
+    t_quantize = time.perf_counter()
     if phase.quantize_model:
         quantize_model(frame_encoder, frame, lmbda)
         if phase.rdoq:
             rdoq_model(frame_encoder, frame, lmbda)
+    t_quantize = time.perf_counter() - t_quantize
     final = evaluate(frame_encoder, frame, lmbda)
-    return PhaseResult(itr, float(final.loss), final.psnr_db, final.total_rate_bpp, stopped_early)
+    return PhaseResult(itr, float(final.loss), final.psnr_db, final.total_rate_bpp, stopped_early, t_quantize)
 
 
 # ---- warm-up ------------------------------------------------------------------
@@ -531,11 +550,13 @@ def encode_frame(
     counter = _Counter(iterations_before, preset.total_iterations)
     for k in range(first_stage, len(stages)):
         name = stages[k]
+        t_stage = time.perf_counter()
         if name == "warmup":
             fe = warmup(frame, make_candidate, preset.warmup, lmbda, callback, counter, callback_every)
             fe.motion_guidance = None
             res = evaluate(fe, frame, lmbda)
-            line = f"warmup: loss {float(res.loss):.6f} psnr {res.psnr_db:.3f} dB rate {res.total_rate_bpp:.4f} bpp"
+            line = (f"warmup: loss {float(res.loss):.6f} psnr {res.psnr_db:.3f} dB rate {res.total_rate_bpp:.4f} bpp"
+                    f" ({time.perf_counter() - t_stage:.1f} s)")
         else:
             i = int(name[len("phase"):])
             save_progress = None
@@ -547,7 +568,8 @@ def encode_frame(
                             save_progress, checkpoint_every, in_phase)
             in_phase = None
             line = (f"{name}: {r.iterations} itr{' (early stop)' if r.stopped_early else ''} loss {r.loss:.6f} "
-                    f"psnr {r.psnr_db:.3f} dB rate {r.rate_bpp:.4f} bpp")
+                    f"psnr {r.psnr_db:.3f} dB rate {r.rate_bpp:.4f} bpp ({time.perf_counter() - t_stage:.1f} s"
+                    + (f", quantization {r.quantize_s:.1f} s)" if preset.training_phases[i].quantize_model else ")"))
         add_line(line)
         if workdir:
             _save_checkpoint(ckpt_path, k, fe, fingerprint, counter.done,

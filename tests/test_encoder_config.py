@@ -130,7 +130,7 @@ def test_encoder_presets(name):
     main = p.training_phases[0]
     assert main.schedule_lr and main.quantizer_type == "softround"
     assert main.softround_temperature == (0.35, 0.08)
-    expected = {"debug": (20, 60), "fast": (2000, 2000), "medium": (10000, 10000), "slow": (30000, 30000)}[name]
+    expected = {"debug": (20, 60), "fast": (1600, 1600), "medium": (10000, 10000), "slow": (30000, 30000)}[name]
     assert expected[0] <= p.total_iterations <= expected[1]
     assert p.warmup[0].candidates >= p.warmup[-1].candidates
 

@@ -258,6 +258,31 @@ def test_synthesis_mac_count_by_hand():
     assert table.startswith("| module")
 
 
+@pytest.mark.parametrize("stabiliser", [False, True])
+def test_synthesis_from_a_cached_layer_input_is_the_whole_synthesis(stabiliser):
+    """What rdoq_model relies on: rerunning from layer i's cached input changes no bit."""
+    from coolchic.decoder_runtime.arch import parse_synthesis_layer
+    from coolchic.encoder.synthesis import Synthesis
+
+    torch.manual_seed(0)
+    layers = [parse_synthesis_layer(t, 3) for t in
+              ("8-1-linear-relu", "X-1-linear-none", "X-3-residual-relu", "X-3-residual-none")]
+    syn = Synthesis(5, layers, 3, stabiliser)
+    with torch.no_grad():
+        for p in syn.parameters():
+            p.normal_(0, 0.3)
+        x = torch.randn(1, 5, 12, 17)
+        whole = syn(x)
+        inputs = syn.layer_inputs(x)
+        assert len(inputs) == len(layers) + 1
+        for i in range(len(inputs)):
+            assert torch.equal(syn.forward_from(i, inputs[i], inputs[0]), whole)
+        # A parameter of layer 2 moves: from layer 2's input, as from the start.
+        syn.layers[2].weight[0, 1, 1, 1] += 0.5
+        assert torch.equal(syn.forward_from(2, inputs[2], inputs[0]), syn(x))
+        assert not torch.equal(syn(x), whole)
+
+
 def test_gray_frame_has_one_output_channel():
     p = CoolChicEncoderParameter(img_size=(8, 8), latent_resolution=(0, 2),
                                  layers_synthesis=["8-1-linear-relu", "X-1-linear-none", "X-3-residual-none"])

@@ -91,6 +91,23 @@ def test_training_lowers_the_loss():
     assert res.loss == pytest.approx(after)
 
 
+def test_hard_round_phase_keeps_the_latents_and_trains_the_networks():
+    raw = image()
+    frame = frame_from_raw(raw)
+    fe = new_encoder(raw)
+    train_phase(fe, frame, PHASE, LMBDA)
+    cc = fe.coolchic_encoder
+    latents = [p.detach().clone() for p in cc.latent_grids]
+    nets = {k: v.detach().clone() for k, v in cc.named_transmitted_params().items()}
+    final = TrainerPhase(lr=1e-3, max_itr=5, freq_valid=10**6, patience=10**6, quantizer_type="hardround",
+                         quantizer_noise_type="none")
+    train_phase(fe, frame, final, LMBDA)
+    assert all(torch.equal(a, p.detach()) for a, p in zip(latents, cc.latent_grids))
+    # Out of autograd during the phase only.
+    assert all(p.requires_grad for p in cc.latent_grids)
+    assert any(not torch.equal(v, cc.get_parameter(k).detach()) for k, v in nets.items())
+
+
 @pytest.mark.parametrize("fdt,bitdepth", [("yuv420", 10), ("gray", 8), ("yuv444", 12)])
 def test_training_other_frame_types(fdt, bitdepth):
     raw = image(16, 20, fdt, bitdepth)

@@ -98,7 +98,7 @@ def test_bundled_configurations_load_from_any_directory(tmp_path):
             "print(load_encoder_preset('fast').total_iterations, load_decoder_config('mop')['spatial_context_arm'])")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-1500:]
-    assert r.stdout.split() == ["2000", "16"]
+    assert r.stdout.split() == ["1600", "16"]
 
 
 def test_missing_dependency_error_is_a_coolchic_error():
