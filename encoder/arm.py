@@ -168,10 +168,8 @@ class _GatherArmInput(torch.autograd.Function):
     def backward(ctx, grad_u: Tensor):
         idx, c = ctx.idx, ctx.c
         grad_u = grad_u.contiguous()
-        grad_flat = None
-        if ctx.needs_input_grad[0]:  # not when the latents are frozen (final phase)
-            padded = torch.cat([grad_u.reshape(-1), grad_u.new_zeros(1)])
-            grad_flat = padded.index_select(0, idx.grad_index).view(idx.n, c).sum(dim=1)
+        padded = torch.cat([grad_u.reshape(-1), grad_u.new_zeros(1)])
+        grad_flat = padded.index_select(0, idx.grad_index).view(idx.n, c).sum(dim=1)
         grad_feats = None
         if ctx.nf and ctx.needs_input_grad[1]:
             rows = grad_u.index_select(0, idx.ifce_src_rows)[:, c:]

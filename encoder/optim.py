@@ -28,6 +28,7 @@ Schedules, with ``f = itr / max_itr`` in [0, 1]:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, List, Sequence, Tuple
 
@@ -64,6 +65,7 @@ def warmup_noise_level(lmbda: float) -> float:
     return (0.747 - 0.432 * math.log10(lmbda)) / 10.0
 
 
+@functools.lru_cache(maxsize=None)
 def _soap_class():
     """pytorch-optimizer's SOAP with a faster step for the tensors it does not precondition."""
     from pytorch_optimizer import SOAP  # the encoder extra pins it

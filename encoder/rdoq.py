@@ -111,7 +111,8 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s, max_
         rate_only = module in ("arm", "ifce")
         layer_cache = module == "synthesis" and cc.tile_plan is None
         if layer_cache:  # from the parameters as they stand, before any trial move
-            mse(module)
+            if state["dense"] is None:
+                state["dense"] = cc.dense_latent(flat)
             state["inputs"] = syn.layer_inputs(state["dense"])
         lat, dist = base_lat, base_mse
 

@@ -255,25 +255,9 @@ def train_phase(
     """
     counter = counter or _Counter(0, phase.max_itr)
     net_params, latent_params = _parameters_to_optimize(frame_encoder, phase.optimized_module)
-    frozen: List[Tensor] = []
     if phase.quantizer_type == "hardround":
-        # round() has a zero gradient: the latents stay as they are. Taking them
-        # out of autograd spares the backward its passes through the latent
-        # side (the ARM input gather, the first upsampling inputs).
-        frozen = [p for p in latent_params if p.requires_grad]
+        # round() has no gradient: the latents stay as they are.
         latent_params = []
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        return _train_phase(frame_encoder, frame, phase, lmbda, net_params, latent_params, callback, stage,
-                            counter, callback_every, save_progress, checkpoint_every, resume_from)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-def _train_phase(frame_encoder, frame, phase, lmbda, net_params, latent_params, callback, stage, counter,
-                 callback_every, save_progress, checkpoint_every, resume_from) -> PhaseResult:
     if not (net_params or latent_params) or phase.max_itr == 0:
         res = evaluate(frame_encoder, frame, lmbda)
         return PhaseResult(0, float(res.loss), res.psnr_db, res.total_rate_bpp, False)
