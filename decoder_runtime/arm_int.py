@@ -87,14 +87,24 @@ class IntArm:
 
 
 GROUP = 4  # inputs per step of the dense kernel
-# Pixels per step of the dense kernel: a whole vector, no scalar remainder
-# loop (waves are often short). Scratch and input arrays hold a multiple of
-# LANES columns; columns past n compute garbage that nobody reads.
-LANES = 16
+# Pixels per step of the dense kernel's vector loop (int32 lanes of the 256-bit
+# vectors LLVM picks here, with or without AVX-512). A caller that rounds n up
+# to a multiple of LANES (see padded_count) never runs the scalar remainder
+# loop, several times slower per pixel, that follows the vector loop of each
+# of the kernel's ~80 passes: its arrays then hold that many columns, and the
+# extra columns compute values that nobody reads (from inputs that were once
+# real ones, or zeros, so within the bounds int32_safe_latent_bound checks).
+LANES = 8
 
 
 def padded_dim(d: int) -> int:
     return -(-d // GROUP) * GROUP
+
+
+@njit(inline="always")
+def padded_count(n):
+    """``n`` rounded up to a multiple of :data:`LANES`."""
+    return (n + LANES - 1) // LANES * LANES
 
 
 def build_int_arm(arch: DecoderArch, q_params: dict, shifts: dict) -> IntArm:

@@ -45,11 +45,13 @@ from .arm_int import (
     build_int_arm,
     ifce_forward,
     int32_safe_latent_bound,
+    padded_count,
 )
 from .errors import BitstreamError
 from .jit import njit
 from .prob_tables import get_tables
 from .range_coder import (
+    MASK32,
     MAX_OVERREAD,
     ST_CODE,
     ST_POS,
@@ -59,9 +61,10 @@ from .range_coder import (
     STATUS_OK,
     STATUS_OVERREAD,
     STATUS_RANGE,
+    TOP,
     decoder_init,
-    rc_step,
 )
+from .prob_tables import TOTAL_BITS
 
 MAX_ESCAPE_PREFIX = 16
 # Status of a stripe that _decode_stripe stopped at a latent beyond the int32
@@ -158,10 +161,22 @@ def gather_run(yp, base, step, n, offs, gf, row0, di, j0, dj, x, nz):
     for c in range(n_ctx):
         o = base + offs[c]
         xc = x[c]
-        for p in range(n):
-            v = yp[o + step * p]
-            xc[p] = v << FRAC
-            nz[p] |= v != 0
+        # Views read with indices from range(): numba then knows them
+        # non-negative and drops the wraparound test of ``yp[o + p]``, which
+        # kept LLVM from vectorising the loop (10x slower); the decoder's
+        # waves (step 1) get a contiguous view, the encoder's rows a strided one.
+        if step == 1:
+            src = yp[o:o + n]
+            for p in range(n):
+                v = src[p]
+                xc[p] = v << FRAC
+                nz[p] |= v != 0
+        else:
+            srs = yp[o:o + step * (n - 1) + 1:step]
+            for p in range(n):
+                v = srs[p]
+                xc[p] = v << FRAC
+                nz[p] |= v != 0
     feat = gf.feat
     sd = gf.shift_down
     fy_max, fx_max = feat.shape[1] - 1, feat.shape[2] - 1
@@ -216,7 +231,7 @@ class StripeWork(NamedTuple):
     cold cache. :class:`_Workspace` holds one per thread that decodes a stripe.
     """
 
-    x: np.ndarray  # [dim, cap], the net's type: ARM inputs of a wave
+    x: np.ndarray  # [dim, cap], the net's type: ARM inputs of a wave (cap: a multiple of LANES)
     h0: np.ndarray  # [C, cap]: the ArmScratch of the net, flat
     h1: np.ndarray  # [C, cap]
     acc0: np.ndarray  # [cap]
@@ -233,7 +248,7 @@ class StripeWork(NamedTuple):
 def _stripe_shape(n_rows: int, w: int, slope: int):
     """(cap, size, hs) of a stripe of ``n_rows`` rows: ARM columns, skewed copy length, column height."""
     hs, _, size = stripe_layout.py_func(max(n_rows, 1), w, slope)
-    return max(1, min(n_rows, w // slope + 1)), size, hs
+    return padded_count.py_func(max(1, min(n_rows, w // slope + 1))), size, hs
 
 
 class _Workspace:
@@ -293,7 +308,8 @@ def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
 
     Compile time (a cold numba cache compiles this kernel and arm_forward, see
     bench/cold_start.py) grows with every inlined call: one call site each of
-    arm_forward, gather_run and rc_step (symbols and escape bits alike).
+    arm_forward and gather_run, and one copy of the range decoder's step
+    (symbols and escape bits alike).
     """
     n_rows = r1 - r0
     if n_rows <= 0:
@@ -336,7 +352,7 @@ def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
             else:
                 m = compact_columns(x, n, nz, batch_of)
         if m > 0:
-            arm_forward(x, m, net, scr, mu_int, frac, kidx)
+            arm_forward(x, padded_count(m), net, scr, mu_int, frac, kidx)
         if t < 0:
             mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
         base = base0
@@ -356,7 +372,43 @@ def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
             sign = 0
             prefix = 0
             while True:
-                s, pos, code, rng = rc_step(buf, pos, code, rng, cum, off, esc + 1, nbits)
+                # range_coder.rc_step, written out: numba's inlining of a
+                # function that takes arrays adds four atomic reference-count
+                # operations per call, which doubled the time of a symbol.
+                # (unit, target, s_hi: rc_step's r, t, hi; t and r name the wave
+                # and the residual here.)
+                if nbits < 0:
+                    unit = rng >> TOTAL_BITS
+                    # code and unit are below 2^32: an unsigned division, which
+                    # LLVM narrows to 32 bits (a signed one needs floor fixes)
+                    target = np.int64(np.uint64(code) // np.uint64(unit))
+                    if target >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
+                        target = (1 << TOTAL_BITS) - 1
+                    s = 0
+                    s_hi = esc + 1
+                    while s_hi - s > 1:
+                        mid = (s + s_hi) >> 1
+                        if cum[off + mid] <= target:
+                            s = mid
+                        else:
+                            s_hi = mid
+                    c0 = np.int64(cum[off + s])
+                    width = np.int64(cum[off + s + 1]) - c0
+                else:
+                    unit = rng >> nbits
+                    target = code // unit
+                    if target >= (1 << nbits):
+                        target = (1 << nbits) - 1
+                    s = target
+                    c0 = target
+                    width = np.int64(1)
+                code -= unit * c0
+                rng = unit * width
+                while rng < TOP:
+                    byte = np.int64(buf[pos]) if pos < buf.size else np.int64(0)
+                    pos += 1
+                    code = ((code << 8) | byte) & MASK32
+                    rng = (rng << 8) & MASK32
                 if phase == 0:
                     if s != esc:
                         r = s - big_r

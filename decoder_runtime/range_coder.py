@@ -39,11 +39,14 @@ def rc_step(buf, pos, code, rng, cum, off, n_sym, nbits):
     their value. One function for both, so that a kernel that reads symbols
     and bits holds one copy of the renormalisation (each inlined copy costs
     compile time). The state is passed in scalars so that it stays in
-    registers in hot loops.
+    registers in hot loops. The latent kernel (``latent_codec._decode_stripe``)
+    holds this step written out, the same arithmetic: inlined there, this
+    function's array arguments cost four atomic reference-count operations per
+    symbol, as much as the step itself.
     """
     if nbits < 0:
         r = rng >> TOTAL_BITS
-        t = code // r
+        t = np.int64(np.uint64(code) // np.uint64(r))  # both below 2^32: a 32-bit division
         if t >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
             t = (1 << TOTAL_BITS) - 1
         lo = 0
