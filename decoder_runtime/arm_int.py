@@ -181,17 +181,19 @@ def arm_forward(x, n, net, scr, mu_int, frac, kidx):
     :func:`arm_forward_py`.
 
     Hidden layers (``h = clamp(relu(round_shift(w src + b) + src[:C]))``) and
-    the output layer (``w h + ws x + b``) run the same dense loop: two outputs
-    share each load of an input row, inputs go four at a time, pixels
-    innermost, so that LLVM vectorises the pixel loop (16 int32 lanes on
-    AVX-512). Any partial sum is bounded by ``sum |w| |src|``, which is what
-    :func:`int32_safe_latent_bound` bounds. Two copies of that loop (hidden,
-    output), no inlined helpers (numba's ``inline="always"`` copies cost
-    seconds of compile time), clamps as conditional expressions (numba
-    compiles ``min`` and ``max`` as functions of their own): numba compiles
-    this kernel in under a second (see bench/cold_start.py). One loop for
-    every layer compiles 0.2 s faster but runs 5-20 % slower (its per-layer
-    branches).
+    the output layer (``w h + ws x + b``) run dense loops: two outputs share
+    each load of an input row, pixels innermost, so that LLVM vectorises the
+    pixel loop (:data:`LANES`). Hidden layers read inputs eight at a time
+    (then four for a remainder): each pass over the pixels loads and stores
+    the two accumulators once for sixteen products (eight at a time: 49-50
+    against 55-56 ms for kodim01's latents; sixteen: 53-54 ms, more than the
+    registers hold). Any partial sum is bounded by ``sum |w| |src|``, which
+    is what :func:`int32_safe_latent_bound` bounds. No inlined helpers
+    (numba's ``inline="always"`` copies cost seconds of compile time), clamps
+    as conditional expressions (numba compiles ``min`` and ``max`` as
+    functions of their own): numba compiles this kernel in about a second
+    (see bench/cold_start.py). One loop for every layer compiles 0.2 s faster
+    but runs 5-20 % slower (its per-layer branches).
     """
     nh = net.n_hidden
     n_ctx = net.n_ctx
@@ -208,11 +210,22 @@ def arm_forward(x, n, net, scr, mu_int, frac, kidx):
             for p in range(n):
                 acc0[p] = b0
                 acc1[p] = b1
-            for k in range(0, din, GROUP):
+            k8 = din - din % (2 * GROUP)
+            for k in range(0, k8, 2 * GROUP):
+                a0, a1, a2, a3 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
+                a4, a5, a6, a7 = w[o, k + 4], w[o, k + 5], w[o, k + 6], w[o, k + 7]
+                c0, c1, c2, c3 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
+                c4, c5, c6, c7 = w[o + 1, k + 4], w[o + 1, k + 5], w[o + 1, k + 6], w[o + 1, k + 7]
+                s0, s1, s2, s3 = src[k], src[k + 1], src[k + 2], src[k + 3]
+                s4, s5, s6, s7 = src[k + 4], src[k + 5], src[k + 6], src[k + 7]
+                for p in range(n):
+                    v0, v1, v2, v3 = s0[p], s1[p], s2[p], s3[p]
+                    v4, v5, v6, v7 = s4[p], s5[p], s6[p], s7[p]
+                    acc0[p] += (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3) + (a4 * v4 + a5 * v5 + a6 * v6 + a7 * v7)
+                    acc1[p] += (c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3) + (c4 * v4 + c5 * v5 + c6 * v6 + c7 * v7)
+            for k in range(k8, din, GROUP):
                 a0, a1, a2, a3 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
                 c0, c1, c2, c3 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
-                if a0 == 0 and a1 == 0 and a2 == 0 and a3 == 0 and c0 == 0 and c1 == 0 and c2 == 0 and c3 == 0:
-                    continue
                 s0, s1, s2, s3 = src[k], src[k + 1], src[k + 2], src[k + 3]
                 for p in range(n):
                     v0, v1, v2, v3 = s0[p], s1[p], s2[p], s3[p]

@@ -64,7 +64,7 @@ from .range_coder import (
     TOP,
     decoder_init,
 )
-from .prob_tables import TOTAL_BITS
+from .prob_tables import MU_FRAC_BITS, TOTAL_BITS
 
 MAX_ESCAPE_PREFIX = 16
 # Status of a stripe that _decode_stripe stopped at a latent beyond the int32
@@ -177,18 +177,23 @@ def gather_run(yp, base, step, n, offs, gf, row0, di, j0, dj, x, nz):
                 v = srs[p]
                 xc[p] = v << FRAC
                 nz[p] |= v != 0
+    # Features: a gather from the source grid, one source index per pixel for
+    # all features (unsigned: the pixels' coordinates are never negative, and
+    # numba then skips its negative-index fix on every load).
     feat = gf.feat
+    n_feat, sh, sw = feat.shape
+    flat = feat.reshape(n_feat, sh * sw)
+    canon = gf.canon
     sd = gf.shift_down
-    fy_max, fx_max = feat.shape[1] - 1, feat.shape[2] - 1
-    for f in range(feat.shape[0]):
-        xf = x[n_ctx + f]
-        ff = feat[f]
-        cf = gf.canon[f]
-        for p in range(n):
-            fy, fx = (row0 + di * p) >> sd, (j0 + dj * p) >> sd
-            v = ff[fy if fy < fy_max else fy_max, fx if fx < fx_max else fx_max]
-            xf[p] = v
-            nz[p] |= v != cf
+    for p in range(n):
+        fy, fx = (row0 + di * p) >> sd, (j0 + dj * p) >> sd
+        idx = np.uint64((fy if fy < sh - 1 else sh - 1) * sw + (fx if fx < sw - 1 else sw - 1))
+        d = False
+        for f in range(n_feat):
+            v = flat[f, idx]
+            x[n_ctx + f, p] = v
+            d |= v != canon[f]
+        nz[p] |= d
     m = 0
     for p in range(n):
         m += nz[p]
@@ -384,14 +389,19 @@ def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
                     target = np.int64(np.uint64(code) // np.uint64(unit))
                     if target >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
                         target = (1 << TOTAL_BITS) - 1
-                    s = 0
-                    s_hi = esc + 1
-                    while s_hi - s > 1:
-                        mid = (s + s_hi) >> 1
-                        if cum[off + mid] <= target:
-                            s = mid
-                        else:
-                            s_hi = mid
+                    # The mode of the residual first (0, or 1 when mu's
+                    # fraction is at least 1/2): it holds 84 % of kodim01's
+                    # symbols at 0.89 bpp, more at lower rates. Else a binary search.
+                    s = big_r + (fr >> (MU_FRAC_BITS - 1))
+                    if not (cum[off + s] <= target < cum[off + s + 1]):
+                        s = 0
+                        s_hi = esc + 1
+                        while s_hi - s > 1:
+                            mid = (s + s_hi) >> 1
+                            if cum[off + mid] <= target:
+                                s = mid
+                            else:
+                                s_hi = mid
                     c0 = np.int64(cum[off + s])
                     width = np.int64(cum[off + s + 1]) - c0
                 else:

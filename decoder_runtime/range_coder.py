@@ -40,7 +40,8 @@ def rc_step(buf, pos, code, rng, cum, off, n_sym, nbits):
     and bits holds one copy of the renormalisation (each inlined copy costs
     compile time). The state is passed in scalars so that it stays in
     registers in hot loops. The latent kernel (``latent_codec._decode_stripe``)
-    holds this step written out, the same arithmetic: inlined there, this
+    holds this step written out, the same arithmetic (its search tries the
+    residual's mode first, then bisects: the same symbol): inlined there, this
     function's array arguments cost four atomic reference-count operations per
     symbol, as much as the step itself.
     """
