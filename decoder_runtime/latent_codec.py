@@ -476,11 +476,11 @@ def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.nda
     src_grid = arch.coded_grids()[grid.ifce_source]
     src = decoded[grid.ifce_source]
     feat = np.zeros((n_rows, *src.shape), dtype=np.int32)
-    ifce_forward(src, arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, feat)
+    top = ifce_forward(src, arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, feat)
     zero = np.zeros((n_rows, 1, 1), dtype=np.int32)
-    ifce_forward(np.zeros((1, 1), dtype=np.int32), arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, zero)
+    top0 = ifce_forward(np.zeros((1, 1), dtype=np.int32), arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, zero)
     canon[:] = zero[:, 0, 0]
-    return GridFeatures(feat, src_grid.level - grid.level, canon, max(int(feat.max(initial=0)), int(canon.max(initial=0))))
+    return GridFeatures(feat, src_grid.level - grid.level, canon, max(int(top), int(top0)))
 
 
 def context_arrays(arch: DecoderArch) -> Context:

@@ -27,7 +27,7 @@ from typing import List, Tuple
 import numpy as np
 
 from .arch import DecoderArch, SynthesisLayer, modules_to_send, param_layout
-from .arm_int import build_int_arm
+from .arm_int import build_int_arm, ifce_forward
 from .errors import CoolChicError
 from .expgolomb import MAX_ABS_VALUE, PY_READER_MAX_VALUES, _read_fields, module_kinds
 from .inter import _combine_kernel, combine
@@ -61,6 +61,9 @@ def precompile() -> List[Tuple[str, str]]:
             decode_latent_grids(arch, _int_arm(arch, amplitude), [substream])
         except CoolChicError:
             pass
+    # The IFCE features (the tiny arch has none), with grid_features's argument types.
+    ifce_forward(np.zeros((1, 1), np.int32), np.zeros((1, 9), np.int64), np.zeros(1, np.int64), 0, 1,
+                 np.zeros((1, 1, 1), np.int32))
     # The parameter reader of sections beyond PY_READER_MAX_VALUES values, with
     # read_network_params's argument types (a bytes section, so read-only).
     n = PY_READER_MAX_VALUES + 1
@@ -69,7 +72,7 @@ def precompile() -> List[Tuple[str, str]]:
     # Motion compensation: one specialization serves P and B frames.
     combine(np.zeros((6, 2, 2), np.float32), "P", [np.zeros((3, 2, 2), np.float32)])
     compiled = []
-    for kernel in (_decode_stripe, _read_fields, _combine_kernel):
+    for kernel in (_decode_stripe, ifce_forward, _read_fields, _combine_kernel):
         path = getattr(kernel, "stats", None) and kernel.stats.cache_path
         compiled.append((kernel.py_func.__qualname__, path or "(not cached)"))
     return compiled

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from coolchic.decoder_runtime.arch import arm_context_offsets, wavefront_slope
-from coolchic.decoder_runtime.arm_int import align_bias, build_int_arm
+from coolchic.decoder_runtime.arm_int import ACT_MAX, FRAC, align_bias, build_int_arm, ifce_forward
 from coolchic.decoder_runtime.latent_codec import MAX_LATENT, decode_latent_grids
 from coolchic.export.latent_encoder import encode_latent_grids
 
@@ -165,3 +165,26 @@ def test_roundtrip_without_an_int32_bound(small_arch, monkeypatch):
     used = _nets_used(monkeypatch)
     _roundtrip(small_arch, latents, q, shifts, 2)
     assert used and {u[0] for u in used} == {np.dtype(np.int64)}
+
+
+def test_ifce_forward_matches_its_definition():
+    """The IFCE kernel against its formula in plain int64 numpy: 3x3 taps on the
+    edge-replicated source, ``clamp((b + (S << FRAC) + half) >> shift, 0, ACT_MAX)``."""
+    rng = np.random.default_rng(7)
+    for case in range(200):
+        h, w = (int(v) for v in rng.integers(1, 10, 2))
+        amp = int(rng.choice([2, 300, MAX_LATENT]))
+        src = rng.integers(-amp, amp + 1, (h, w)).astype(np.int32)
+        f = int(rng.integers(1, 5))
+        wq = rng.integers(-(2 ** 15) + 1, 2 ** 15, (f, 9)).astype(np.int64) >> int(rng.integers(0, 15))
+        bq = rng.integers(-(2 ** 40), 2 ** 40, f).astype(np.int64)
+        shift = int(rng.integers(0, 17))
+        pad = np.pad(src.astype(np.int64), 1, mode="edge")
+        taps = np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])  # [9, h, w]
+        s = np.einsum("ft,thw->fhw", wq, taps)
+        half = (1 << (shift - 1)) if shift else 0
+        want = np.clip((bq[:, None, None] + (s << FRAC) + half) >> shift, 0, ACT_MAX)
+        out = np.full((f + 1, h, w), -5, np.int32)  # the row past F stays as it was
+        top = ifce_forward(src, wq, bq, shift, f, out)
+        np.testing.assert_array_equal(out[:f], want, err_msg=f"case {case}")
+        assert (out[f] == -5).all() and top == want.max()
