@@ -25,7 +25,7 @@ Every jitted function of ``decoder_runtime`` and ``export`` is declared with
   its own source file changes, but a cached kernel also holds the compiled
   code of every jitted function it calls or inlines and the values of the
   module constants it reads, and these live in other files
-  (``latent_codec._decode_stripe`` inlines the range decoder of
+  (``latent_codec._decode_stripes`` inlines the range decoder of
   ``range_coder.py`` and calls ``arm_int.arm_forward``;
   ``range_coder`` reads ``prob_tables.TOTAL_BITS``). Here a kernel's cache is
   stamped with a hash of every ``.py`` file of ``decoder_runtime`` and of the

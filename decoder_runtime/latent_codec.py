@@ -2,25 +2,27 @@
 
 Grids are decoded coarsest first (``arch.coded_grids()``).  Each grid is cut
 into horizontal stripes, one per substream; a stripe's context stops at its
-first row, so substreams decode independently (one Python thread each with
-``threads`` > 1: the stripe kernel releases the GIL).  Inside a stripe, pixels
+first row, so substreams decode independently.  Inside a stripe, pixels
 are coded in wavefront order: pixel (i, j) at step ``j + K*i`` where K is
 ``arch.wavefront_slope`` — every context pixel of a wave is already decoded,
 so the ARM runs once per wave on all its pixels (vectorised integer
-arithmetic) instead of once per pixel.  The encoder
-(export/latent_encoder.py) uses these very kernels and this order.
+arithmetic) instead of once per pixel.  A thread decodes a group of stripes
+in lockstep (all of them with one thread; ``threads`` groups otherwise, one
+Python thread each: the kernel releases the GIL): one ARM call per wave for
+the whole group.  The encoder (export/latent_encoder.py) uses these very
+kernels and this order.
 
 Threads. :func:`decode_latent_grids` may be called from several Python
 threads at once (``decoder_runtime.decode`` is thread-safe): the kernels are
 pure functions of their arguments and every decode has its own work arrays.
-Stripes run in parallel on a pool of Python threads, not in a numba
+Groups of stripes run in parallel on a pool of Python threads, not in a numba
 ``parallel=True`` kernel: no numba threading layer is involved (numba's
 ``workqueue`` layer aborts the process on concurrent parallel launches, and
 a ``prange`` kernel took seconds more to compile on a cold cache).
 
 Kernels are declared with :func:`decoder_runtime.jit.njit`: disk-cached, with
 a cache keyed on the source of every kernel module (a change in
-``range_coder.py`` or ``arm_int.py`` recompiles ``_decode_stripe``, which
+``range_coder.py`` or ``arm_int.py`` recompiles ``_decode_stripes``, which
 inlines or calls their code), and a fallback to a temp directory or to no
 cache when the install and home directories are read-only.
 """
@@ -67,8 +69,8 @@ from .range_coder import (
 from .prob_tables import MU_FRAC_BITS, TOTAL_BITS
 
 MAX_ESCAPE_PREFIX = 16
-# Status of a stripe that _decode_stripe stopped at a latent beyond the int32
-# ARM's bound (range_coder's statuses are 0..3): decoded again on int64.
+# Status of a stripe that _decode_stripes stopped at a latent beyond the int32
+# ARM's bound (range_coder's statuses are 0..3): its group is decoded again on int64.
 STATUS_WIDE = 4
 PAD = 4  # context reaches 4 rows up and 4 columns left/right (9x9 window)
 
@@ -147,20 +149,21 @@ def context_offsets(ctx, hs):
 
 
 @njit(inline="always")
-def gather_run(yp, base, step, n, offs, gf, row0, di, j0, dj, x, nz):
-    """ARM inputs of ``n`` pixels (row0 + di*p, j0 + dj*p) into columns ``0..n-1`` of ``x``.
+def gather_run(yp, base, step, n, offs, gf, row0, di, j0, dj, x, nz, c0):
+    """ARM inputs of ``n`` pixels (row0 + di*p, j0 + dj*p) into columns ``c0..c0+n-1`` of ``x``.
 
     The pixels lie at flat indices ``base + step*p`` of the padded stripe
-    ``yp``. Sets ``nz[p]`` to whether pixel p's inputs differ from the
+    ``yp``. Sets ``nz[c0 + p]`` to whether pixel p's inputs differ from the
     all-zero context's and returns how many do. Pixels run innermost, one
     input at a time: the stores and tests vectorise.
     """
     n_ctx = offs.size
+    nz = nz[c0:c0 + n]
     for p in range(n):
         nz[p] = 0
     for c in range(n_ctx):
         o = base + offs[c]
-        xc = x[c]
+        xc = x[c, c0:c0 + n]
         # Views read with indices from range(): numba then knows them
         # non-negative and drops the wraparound test of ``yp[o + p]``, which
         # kept LLVM from vectorising the loop (10x slower); the decoder's
@@ -191,7 +194,7 @@ def gather_run(yp, base, step, n, offs, gf, row0, di, j0, dj, x, nz):
         d = False
         for f in range(n_feat):
             v = flat[f, idx]
-            x[n_ctx + f, p] = v
+            x[n_ctx + f, c0 + p] = v
             d |= v != canon[f]
         nz[p] |= d
     m = 0
@@ -229,14 +232,15 @@ def wave_rows(t, n_rows, w, slope):
 
 
 class StripeWork(NamedTuple):
-    """Work arrays of :func:`_decode_stripe`, allocated by the caller (:class:`_Workspace`).
+    """Work arrays of :func:`_decode_stripes` for a group of up to ``G`` stripes,
+    allocated by the caller (:class:`_Workspace`).
 
     The kernel allocates nothing: numba compiles an implementation of every
     ``np.zeros``/``np.empty`` a kernel calls, a tenth of a second each on a
-    cold cache. :class:`_Workspace` holds one per thread that decodes a stripe.
+    cold cache. :class:`_Workspace` holds one per thread that decodes stripes.
     """
 
-    x: np.ndarray  # [dim, cap], the net's type: ARM inputs of a wave (cap: a multiple of LANES)
+    x: np.ndarray  # [dim, cap], the net's type: ARM inputs of a wave of every stripe of the group
     h0: np.ndarray  # [C, cap]: the ArmScratch of the net, flat
     h1: np.ndarray  # [C, cap]
     acc0: np.ndarray  # [cap]
@@ -246,8 +250,10 @@ class StripeWork(NamedTuple):
     kidx: np.ndarray  # int64 [cap]
     nz: np.ndarray  # uint8 [cap]
     batch_of: np.ndarray  # int64 [cap]
-    yp: np.ndarray  # int32 [>= size], zeros: the stripe's skewed copy (stripe_layout)
-    offs: np.ndarray  # int64 [C]: context_offsets of the stripe
+    yp: np.ndarray  # int32 [G, >= size], zeros: each stripe's skewed copy (stripe_layout)
+    offs: np.ndarray  # int64 [G, C]: context_offsets of each stripe
+    coder_state: np.ndarray  # int64 [G, 3]: each stripe's range decoder (pos, code, range) during a decode
+    runs: np.ndarray  # int64 [G, 3]: each stripe's part of the current wave (first column, count, flat index)
 
 
 def _stripe_shape(n_rows: int, w: int, slope: int):
@@ -256,77 +262,94 @@ def _stripe_shape(n_rows: int, w: int, slope: int):
     return padded_count.py_func(max(1, min(n_rows, w // slope + 1))), size, hs
 
 
+def stripe_groups(n_sub: int, threads: int) -> List[range]:
+    """The substreams each thread decodes together (:func:`_decode_stripes`): ``threads`` runs of consecutive ones."""
+    threads = max(1, min(threads, n_sub))
+    edges = [n_sub * i // threads for i in range(threads + 1)]
+    return [range(edges[i], edges[i + 1]) for i in range(threads)]
+
+
 class _Workspace:
     """The :class:`StripeWork` of one decode, per integer type of the net: allocated
-    once, for the largest stripe of every grid, ``k`` of them (one per thread
-    that decodes a stripe at a time), and prepared for each stripe."""
+    once, for the largest group of stripes of every grid, ``k`` of them (one per
+    thread that decodes a group at a time), and prepared for each group."""
 
-    def __init__(self, arch: DecoderArch, ctx: Context, n_sub: int, k: int):
-        shapes = [_stripe_shape(r1 - r0, g.w, ctx.slope)
-                  for g in arch.coded_grids() for r0, r1 in stripe_bounds(g.h, n_sub)]
-        self.cap = max(c for c, _, _ in shapes)
-        self.size = max(z for _, z, _ in shapes)
-        self.k = k
+    def __init__(self, arch: DecoderArch, ctx: Context, n_sub: int, groups: Sequence[range]):
+        self.g = max(len(r) for r in groups)
+        caps, sizes = [0], [0]
+        for g in arch.coded_grids():
+            bounds = stripe_bounds(g.h, n_sub)
+            for r in groups:
+                shapes = [_stripe_shape(bounds[s][1] - bounds[s][0], g.w, ctx.slope) for s in r]
+                caps.append(sum(c for c, _, _ in shapes))
+                sizes.extend(z for _, z, _ in shapes)
+        self.cap = max(caps)
+        self.size = max(sizes)
+        self.k = len(groups)
         self.ctx = ctx
         self._work = {}
         self._lock = threading.Lock()
 
-    def row(self, net: ArmNet, i: int, n_rows: int, w: int) -> StripeWork:
-        """Work ``i`` (< k) for a stripe of ``n_rows`` rows of a grid ``w`` wide:
-        its skewed copy zeroed, its context offsets set."""
+    def group(self, net: ArmNet, i: int, rows: Sequence[int], w: int) -> StripeWork:
+        """Work ``i`` (< k) for a group of stripes of ``rows`` rows each, of a grid ``w``
+        wide: their skewed copies zeroed, their context offsets set."""
         dt = np.dtype(net.wh.dtype)
         with self._lock:
             if dt not in self._work:
-                k, cap = self.k, self.cap
+                k, cap, g = self.k, self.cap, self.g
                 self._work[dt] = StripeWork(
                     np.zeros((k, net.dim, cap), dt), np.zeros((k, net.n_ctx, cap), dt),
                     np.zeros((k, net.n_ctx, cap), dt), np.zeros((k, cap), dt), np.zeros((k, cap), dt),
                     np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64), np.zeros((k, cap), np.int64),
-                    np.zeros((k, cap), np.uint8), np.zeros((k, cap), np.int64), np.zeros((k, self.size), np.int32),
-                    np.zeros((k, self.ctx.dys.size), np.int64))
+                    np.zeros((k, cap), np.uint8), np.zeros((k, cap), np.int64),
+                    np.zeros((k, g, self.size), np.int32), np.zeros((k, g, self.ctx.dys.size), np.int64),
+                    np.zeros((k, g, 3), np.int64), np.zeros((k, g, 3), np.int64))
             wk = self._work[dt]
         ctx = self.ctx
-        _, size, hs = _stripe_shape(n_rows, w, ctx.slope)
-        wk.yp[i, :size] = 0  # cells never written read 0 (see skew_index)
-        wk.offs[i] = (ctx.dxs + ctx.slope * ctx.dys) * hs + ctx.dys  # context_offsets
-        return _work_row(wk, i)
-
-
-def _work_row(wk: StripeWork, s: int) -> StripeWork:
-    """:func:`work_of` in Python."""
-    return StripeWork(*(a[s] for a in wk))
+        for j, n_rows in enumerate(rows):
+            _, size, hs = _stripe_shape(n_rows, w, ctx.slope)
+            wk.yp[i, j, :size] = 0  # cells never written read 0 (see skew_index)
+            wk.offs[i, j] = (ctx.dxs + ctx.slope * ctx.dys) * hs + ctx.dys  # context_offsets
+        return StripeWork(*(a[i] for a in wk))
 
 
 @njit(no_cfunc_wrapper=True, nogil=True)
-def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
-    """Decode rows r0..r1-1 of a grid ``w`` wide from the substream ``buf`` (state ``st``), ARM on ``net``.
+def _decode_stripes(data, starts, ends, sts, r0s, r1s, w, gf, slope, net, l_safe, coder, wk):
+    """Decode a group of stripes of a grid ``w`` wide, ARM on ``net``: stripe j holds rows
+    r0s[j]..r1s[j]-1, its substream is ``data[starts[j]:ends[j]]``, its state ``sts[j]``.
 
-    The latents land in ``wk.yp``, the stripe's skewed copy (the caller
-    copies them out, :func:`_copy_out`). With ``net32``, ``l_safe`` is
-    :func:`int32_safe_latent_bound`: the first latent beyond it stops the
-    stripe with ``STATUS_WIDE`` and the caller decodes the stripe again on
-    ``net64`` (``l_safe = MAX_LATENT``). The stripe is restartable: ``st`` is
-    written only at its end (its status on failure). Nothing in the bits
-    depends on the net's width: both decode the same latents. ``wk``: a
-    :class:`StripeWork` of the net's type, its ``yp`` zeroed and ``offs`` set
-    for this stripe (its other arrays are written before they are read).
+    The stripes advance wave by wave together: the ARM runs once per wave on
+    the pixels of every stripe (longer runs of its vector loops, a third of
+    the calls), and the range decoders of the stripes, independent chains,
+    follow each other. Stripe j's latents land in ``wk.yp[j]``, its skewed
+    copy (the caller copies them out, :func:`_copy_out`). With ``net32``,
+    ``l_safe`` is :func:`int32_safe_latent_bound`: the first latent beyond it
+    stops the group with ``STATUS_WIDE`` and the caller decodes the group again
+    on ``net64`` (``l_safe = MAX_LATENT``). The group is restartable: ``sts``
+    is written only at its end (a status on failure). Nothing in the bits
+    depends on the net's width or on the grouping: every grouping decodes the
+    same latents. ``wk``: a :class:`StripeWork` of the net's type, its ``yp``
+    zeroed and ``offs`` set for these stripes (its other arrays are written
+    before they are read).
 
     Compile time (a cold numba cache compiles this kernel and arm_forward, see
     bench/cold_start.py) grows with every inlined call: one call site each of
     arm_forward and gather_run, and one copy of the range decoder's step
     (symbols and escape bits alike).
     """
-    n_rows = r1 - r0
-    if n_rows <= 0:
-        return
+    n_grp = r0s.size
     n_ctx = net.n_ctx
-    x, mu_int, frac, kidx, nz, batch_of, yp, offs = wk.x, wk.mu_int, wk.frac, wk.kidx, wk.nz, wk.batch_of, wk.yp, wk.offs
+    x, mu_int, frac, kidx, nz, batch_of = wk.x, wk.mu_int, wk.frac, wk.kidx, wk.nz, wk.batch_of
+    cur, runs = wk.coder_state, wk.runs
     scr = ArmScratch(wk.h0, wk.h1, wk.acc0, wk.acc1)
-    hs, cpad, size = stripe_layout(n_rows, w, slope)
     cum, offset, half_width = coder.cum, coder.offset, coder.half_width
-    pos, code, rng = st[ST_POS], st[ST_CODE], st[ST_RANGE]
+    n_waves = 0
+    for j in range(n_grp):
+        cur[j, 0], cur[j, 1], cur[j, 2] = sts[j, ST_POS], sts[j, ST_CODE], sts[j, ST_RANGE]
+        n_rows = r1s[j] - r0s[j]
+        if n_rows > 0:
+            n_waves = max(n_waves, (w - 1) + slope * (n_rows - 1) + 1)
     mu0, frac0, k0 = np.int64(0), np.int64(0), np.int64(0)
-    n_waves = (w - 1) + slope * (n_rows - 1) + 1
     for t in range(-1, n_waves):
         if t < 0:
             # Contexts that are all zero (most of a fine grid's at low rates)
@@ -340,17 +363,28 @@ def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
                 x[c, 0] = 0
             for f in range(net.dim - n_ctx):
                 x[n_ctx + f, 0] = gf.canon[f]
-            n, m, dense, base0 = 0, 1, True, 0
+            n, m, dense = 0, 1, True
+            for j in range(n_grp):
+                runs[j, 1] = 0
         else:
-            lo = 0
-            if t > w - 1:
-                lo = (t - (w - 1) + slope - 1) // slope
-            hi = t // slope
-            if hi > n_rows - 1:
-                hi = n_rows - 1
-            n = hi - lo + 1
-            base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
-            m = gather_run(yp, base0, 1, n, offs, gf, r0 + lo, 1, t - slope * lo, -slope, x, nz)
+            n, m = 0, 0
+            for j in range(n_grp):
+                n_rows = r1s[j] - r0s[j]
+                runs[j, 0], runs[j, 1] = n, 0
+                if n_rows <= 0 or t >= (w - 1) + slope * (n_rows - 1) + 1:
+                    continue
+                hs, cpad, _ = stripe_layout(n_rows, w, slope)
+                lo = 0
+                if t > w - 1:
+                    lo = (t - (w - 1) + slope - 1) // slope
+                hi = t // slope
+                if hi > n_rows - 1:
+                    hi = n_rows - 1
+                base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
+                m += gather_run(wk.yp[j], base0, 1, hi - lo + 1, wk.offs[j], gf, r0s[j] + lo, 1, t - slope * lo,
+                                -slope, x, nz, n)
+                runs[j, 1], runs[j, 2] = hi - lo + 1, base0
+                n += hi - lo + 1
             dense = 2 * m > n
             if dense:
                 m = n
@@ -360,99 +394,107 @@ def _decode_stripe(buf, st, r0, r1, w, gf, slope, net, l_safe, coder, wk):
             arm_forward(x, padded_count(m), net, scr, mu_int, frac, kidx)
         if t < 0:
             mu0, frac0, k0 = mu_int[0], frac[0], kidx[0]
-        base = base0
-        for p in range(n):
-            b = p if dense else batch_of[p]
-            if b < 0:
-                mu, fr, k = mu0, frac0, k0
-            else:
-                mu, fr, k = mu_int[b], frac[b], kidx[b]
-            big_r = half_width[k]
-            off = offset[fr, k]
-            esc = 2 * big_r + 1
-            # A symbol; the escape symbol is followed by a sign bit, a unary
-            # prefix (zeros ended by a one) and ``prefix`` tail bits.
-            nbits = -1
-            phase = 0
-            sign = 0
-            prefix = 0
-            while True:
-                # range_coder.rc_step, written out: numba's inlining of a
-                # function that takes arrays adds four atomic reference-count
-                # operations per call, which doubled the time of a symbol.
-                # (unit, target, s_hi: rc_step's r, t, hi; t and r name the wave
-                # and the residual here.)
-                if nbits < 0:
-                    unit = rng >> TOTAL_BITS
-                    # code and unit are below 2^32: an unsigned division, which
-                    # LLVM narrows to 32 bits (a signed one needs floor fixes)
-                    target = np.int64(np.uint64(code) // np.uint64(unit))
-                    if target >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
-                        target = (1 << TOTAL_BITS) - 1
-                    # The mode of the residual first (0, or 1 when mu's
-                    # fraction is at least 1/2): it holds 84 % of kodim01's
-                    # symbols at 0.89 bpp, more at lower rates. Else a binary search.
-                    s = big_r + (fr >> (MU_FRAC_BITS - 1))
-                    if not (cum[off + s] <= target < cum[off + s + 1]):
-                        s = 0
-                        s_hi = esc + 1
-                        while s_hi - s > 1:
-                            mid = (s + s_hi) >> 1
-                            if cum[off + mid] <= target:
-                                s = mid
-                            else:
-                                s_hi = mid
-                    c0 = np.int64(cum[off + s])
-                    width = np.int64(cum[off + s + 1]) - c0
+        for j in range(n_grp):
+            if runs[j, 1] == 0:
+                continue
+            buf = data[starts[j]:ends[j]]
+            yp = wk.yp[j]
+            pos, code, rng = cur[j, 0], cur[j, 1], cur[j, 2]
+            col0, base = runs[j, 0], runs[j, 2]
+            for p in range(col0, col0 + runs[j, 1]):
+                b = p if dense else batch_of[p]
+                if b < 0:
+                    mu, fr, k = mu0, frac0, k0
                 else:
-                    unit = rng >> nbits
-                    target = code // unit
-                    if target >= (1 << nbits):
-                        target = (1 << nbits) - 1
-                    s = target
-                    c0 = target
-                    width = np.int64(1)
-                code -= unit * c0
-                rng = unit * width
-                while rng < TOP:
-                    byte = np.int64(buf[pos]) if pos < buf.size else np.int64(0)
-                    pos += 1
-                    code = ((code << 8) | byte) & MASK32
-                    rng = (rng << 8) & MASK32
-                if phase == 0:
-                    if s != esc:
-                        r = s - big_r
-                        break
-                    phase = 1
-                    nbits = 1
-                elif phase == 1:
-                    sign = s
-                    phase = 2
-                elif phase == 2:
-                    if s == 1:
-                        phase = 3
-                        nbits = prefix
+                    mu, fr, k = mu_int[b], frac[b], kidx[b]
+                big_r = half_width[k]
+                off = offset[fr, k]
+                esc = 2 * big_r + 1
+                # A symbol; the escape symbol is followed by a sign bit, a unary
+                # prefix (zeros ended by a one) and ``prefix`` tail bits.
+                nbits = -1
+                phase = 0
+                sign = 0
+                prefix = 0
+                while True:
+                    # range_coder.rc_step, written out: numba's inlining of a
+                    # function that takes arrays adds four atomic reference-count
+                    # operations per call, which doubled the time of a symbol.
+                    # (unit, target, s_hi: rc_step's r, t, hi; t and r name the wave
+                    # and the residual here.)
+                    if nbits < 0:
+                        unit = rng >> TOTAL_BITS
+                        # code and unit are below 2^32: an unsigned division, which
+                        # LLVM narrows to 32 bits (a signed one needs floor fixes)
+                        target = np.int64(np.uint64(code) // np.uint64(unit))
+                        if target >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
+                            target = (1 << TOTAL_BITS) - 1
+                        # The mode of the residual first (0, or 1 when mu's
+                        # fraction is at least 1/2): it holds 84 % of kodim01's
+                        # symbols at 0.89 bpp, more at lower rates. Else a binary search.
+                        s = big_r + (fr >> (MU_FRAC_BITS - 1))
+                        if not (cum[off + s] <= target < cum[off + s + 1]):
+                            s = 0
+                            s_hi = esc + 1
+                            while s_hi - s > 1:
+                                mid = (s + s_hi) >> 1
+                                if cum[off + mid] <= target:
+                                    s = mid
+                                else:
+                                    s_hi = mid
+                        c0 = np.int64(cum[off + s])
+                        width = np.int64(cum[off + s + 1]) - c0
                     else:
-                        prefix += 1
-                        if prefix > MAX_ESCAPE_PREFIX:
-                            st[ST_STATUS] = STATUS_BAD_ESCAPE
-                            return
-                else:
-                    r = big_r + ((np.int64(1) << prefix) | s)
-                    if sign == 1:
-                        r = -r
-                    break
-            v = mu + r
-            a = v if v >= 0 else -v
-            if a > l_safe:
-                st[ST_STATUS] = STATUS_RANGE if a > MAX_LATENT else STATUS_WIDE
+                        unit = rng >> nbits
+                        target = code // unit
+                        if target >= (1 << nbits):
+                            target = (1 << nbits) - 1
+                        s = target
+                        c0 = target
+                        width = np.int64(1)
+                    code -= unit * c0
+                    rng = unit * width
+                    while rng < TOP:
+                        byte = np.int64(buf[pos]) if pos < buf.size else np.int64(0)
+                        pos += 1
+                        code = ((code << 8) | byte) & MASK32
+                        rng = (rng << 8) & MASK32
+                    if phase == 0:
+                        if s != esc:
+                            r = s - big_r
+                            break
+                        phase = 1
+                        nbits = 1
+                    elif phase == 1:
+                        sign = s
+                        phase = 2
+                    elif phase == 2:
+                        if s == 1:
+                            phase = 3
+                            nbits = prefix
+                        else:
+                            prefix += 1
+                            if prefix > MAX_ESCAPE_PREFIX:
+                                sts[j, ST_STATUS] = STATUS_BAD_ESCAPE
+                                return
+                    else:
+                        r = big_r + ((np.int64(1) << prefix) | s)
+                        if sign == 1:
+                            r = -r
+                        break
+                v = mu + r
+                a = v if v >= 0 else -v
+                if a > l_safe:
+                    sts[j, ST_STATUS] = STATUS_RANGE if a > MAX_LATENT else STATUS_WIDE
+                    return
+                yp[base] = v
+                base += 1
+            if pos > buf.size + MAX_OVERREAD:
+                sts[j, ST_STATUS] = STATUS_OVERREAD
                 return
-            yp[base] = v
-            base += 1
-        if pos > buf.size + MAX_OVERREAD:
-            st[ST_STATUS] = STATUS_OVERREAD
-            return
-    st[ST_POS], st[ST_CODE], st[ST_RANGE] = pos, code, rng
+            cur[j, 0], cur[j, 1], cur[j, 2] = pos, code, rng
+    for j in range(n_grp):
+        sts[j, ST_POS], sts[j, ST_CODE], sts[j, ST_RANGE] = cur[j, 0], cur[j, 1], cur[j, 2]
 
 
 def _copy_out(yp: np.ndarray, y_grid: np.ndarray, r0: int, r1: int, slope: int) -> None:
@@ -519,16 +561,17 @@ def decode_latent_grids(arch: DecoderArch, arm: IntArm, substreams: Sequence[byt
         decoder_init.py_func(data[starts[s]:ends[s]], states[s])
     threads = max(1, min(int(threads), n_sub, os.cpu_count() or 1))
     if threads == 1:
-        return _decode_grids(arch, arm, data, starts, ends, states, None)
+        return _decode_grids(arch, arm, data, starts, ends, states, None, 1)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="coolchic-latents") as pool:
-        return _decode_grids(arch, arm, data, starts, ends, states, pool)
+        return _decode_grids(arch, arm, data, starts, ends, states, pool, threads)
 
 
-def _decode_grids(arch, arm, data, starts, ends, states, pool) -> List[np.ndarray]:
+def _decode_grids(arch, arm, data, starts, ends, states, pool, threads) -> List[np.ndarray]:
     n_sub = states.shape[0]
     ctx, coder = context_arrays(arch), coder_tables()
     slope = ctx.slope
-    work = _Workspace(arch, ctx, n_sub, n_sub if pool is not None else 1)
+    groups = stripe_groups(n_sub, threads)
+    work = _Workspace(arch, ctx, n_sub, groups)
     decoded: List[np.ndarray] = []
     l_safe_of = {}
     for g in arch.coded_grids():
@@ -538,29 +581,36 @@ def _decode_grids(arch, arm, data, starts, ends, states, pool) -> List[np.ndarra
             hint = next(reversed(l_safe_of.values())) if l_safe_of else None
             l_safe_of[gf.bound] = int32_safe_latent_bound(arm.net64, gf.bound, hint)
         l_safe = l_safe_of[gf.bound]
-        bounds = stripe_bounds(g.h, n_sub)
+        # Row bounds as two contiguous arrays: the kernel's argument types (hence
+        # its compiled specialization) must not depend on the number of stripes.
+        r0_all, r1_all = (np.ascontiguousarray(a) for a in
+                          np.array(stripe_bounds(g.h, n_sub), dtype=np.int64).reshape(n_sub, 2).T)
         # The int32 ARM where the bound allows it; the int64 kernel is compiled
-        # and run only for the stripes that hold a latent beyond the bound.
+        # and run only for the groups that hold a latent beyond the bound.
         net, l_net = (arm.net32, l_safe) if l_safe >= 0 else (arm.net64, MAX_LATENT)
 
-        def stripe(s, g=g, y_grid=y_grid, gf=gf, net=net, l_net=l_net):
-            buf = data[starts[s]:ends[s]]
-            r0, r1 = bounds[s]
-            i = s if pool is not None else 0
-            wk = work.row(net, i, r1 - r0, g.w)
-            _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, net, l_net, coder, wk)
-            if states[s, ST_STATUS] == STATUS_WIDE:
-                states[s, ST_STATUS] = STATUS_OK
-                wk = work.row(arm.net64, i, r1 - r0, g.w)
-                _decode_stripe(buf, states[s], r0, r1, g.w, gf, slope, arm.net64, MAX_LATENT, coder, wk)
-            if states[s, ST_STATUS] == STATUS_OK:
-                _copy_out(wk.yp, y_grid, r0, r1, slope)
+        def decode_group(i, g=g, y_grid=y_grid, gf=gf, net=net, l_net=l_net):
+            r = groups[i]
+            sl = slice(r.start, r.stop)
+            r0s, r1s, sts = r0_all[sl], r1_all[sl], states[sl]
+            rows = list(r1s - r0s)
+            wk = work.group(net, i, rows, g.w)
+            _decode_stripes(data, starts[sl], ends[sl], sts, r0s, r1s, g.w, gf, slope, net, l_net, coder, wk)
+            if np.any(sts[:, ST_STATUS] == STATUS_WIDE):
+                sts[:, ST_STATUS] = np.where(sts[:, ST_STATUS] == STATUS_WIDE, STATUS_OK, sts[:, ST_STATUS])
+                if np.all(sts[:, ST_STATUS] == STATUS_OK):
+                    wk = work.group(arm.net64, i, rows, g.w)
+                    _decode_stripes(data, starts[sl], ends[sl], sts, r0s, r1s, g.w, gf, slope, arm.net64,
+                                    MAX_LATENT, coder, wk)
+            if np.all(sts[:, ST_STATUS] == STATUS_OK):
+                for j in range(len(r)):
+                    _copy_out(wk.yp[j], y_grid, int(r0s[j]), int(r1s[j]), slope)
 
         if pool is None:
-            for s in range(n_sub):
-                stripe(s)
+            for i in range(len(groups)):
+                decode_group(i)
         else:
-            list(pool.map(stripe, range(n_sub)))
+            list(pool.map(decode_group, range(len(groups))))
         bad = states[:, ST_STATUS]
         if np.any(bad != STATUS_OK):
             code = int(bad[bad != STATUS_OK][0])

@@ -31,7 +31,7 @@ from .arm_int import build_int_arm, ifce_forward
 from .errors import CoolChicError
 from .expgolomb import MAX_ABS_VALUE, PY_READER_MAX_VALUES, _read_fields, module_kinds
 from .inter import _combine_kernel, combine
-from .latent_codec import _decode_stripe, decode_latent_grids
+from .latent_codec import _decode_stripes, decode_latent_grids
 
 
 def _tiny_arch() -> DecoderArch:
@@ -72,7 +72,7 @@ def precompile() -> List[Tuple[str, str]]:
     # Motion compensation: one specialization serves P and B frames.
     combine(np.zeros((6, 2, 2), np.float32), "P", [np.zeros((3, 2, 2), np.float32)])
     compiled = []
-    for kernel in (_decode_stripe, ifce_forward, _read_fields, _combine_kernel):
+    for kernel in (_decode_stripes, ifce_forward, _read_fields, _combine_kernel):
         path = getattr(kernel, "stats", None) and kernel.stats.cache_path
         compiled.append((kernel.py_func.__qualname__, path or "(not cached)"))
     return compiled

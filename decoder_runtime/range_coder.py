@@ -39,7 +39,7 @@ def rc_step(buf, pos, code, rng, cum, off, n_sym, nbits):
     their value. One function for both, so that a kernel that reads symbols
     and bits holds one copy of the renormalisation (each inlined copy costs
     compile time). The state is passed in scalars so that it stays in
-    registers in hot loops. The latent kernel (``latent_codec._decode_stripe``)
+    registers in hot loops. The latent kernel (``latent_codec._decode_stripes``)
     holds this step written out, the same arithmetic (its search tries the
     residual's mode first, then bisects: the same symbol): inlined there, this
     function's array arguments cost four atomic reference-count operations per

@@ -54,7 +54,7 @@ def _grid_arm(y_grid, bounds, gf, ctx, net, mu_int, frac, kidx):
         offs = context_offsets(ctx, hs)
         for i in range(r1 - r0):
             # Along a row, the skewed copy steps one column (hs values) per pixel.
-            gather_run(yp, skew_index(i, 0, hs, cpad, ctx.slope), hs, w, offs, gf, r0 + i, 0, 0, 1, x, nz)
+            gather_run(yp, skew_index(i, 0, hs, cpad, ctx.slope), hs, w, offs, gf, r0 + i, 0, 0, 1, x, nz, 0)
             o = (r0 + i) * w
             arm_forward(x, w, net, scr, mu_int[o:o + w], frac[o:o + w], kidx[o:o + w])
 

@@ -68,7 +68,7 @@ CHILD = textwrap.dedent(
             result["sha"] = h.hexdigest()
         except decoder_runtime.CoolChicError as e:
             result["error"] = str(e)
-    stats = latent_codec._decode_stripe.stats  # the kernel every latent decode compiles or loads
+    stats = latent_codec._decode_stripes.stats  # the kernel every latent decode compiles or loads
     result["cache_path"] = stats.cache_path
     result["hits"] = sum(stats.cache_hits.values())
     result["misses"] = sum(stats.cache_misses.values())
@@ -183,7 +183,7 @@ def test_no_writable_cache_anywhere_runs_uncached_with_a_warning(read_only_insta
 
 @pytest.mark.slow
 def test_a_change_in_range_coder_recompiles_the_latent_decoder(tmp_path):
-    """_decode_stripe (latent_codec.py) inlines range_coder.py's code and constants:
+    """_decode_stripes (latent_codec.py) inlines range_coder.py's code and constants:
     changing range_coder.py alone must not leave a stale cached kernel."""
     site = _copy_package(tmp_path)
     env = {"HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
@@ -213,7 +213,7 @@ def test_precompiled_kernels_serve_the_first_decode(tmp_path):
     assert built["cache_path"] == str(shipped) and built["misses"] == 2, built  # the int32 and int64 ARM
     kernels = sorted(p.name.split("-")[0] for p in shipped.glob("*.nbc"))
     assert kernels == (["arm_int.arm_forward"] * 2 + ["arm_int.ifce_forward", "expgolomb._read_fields", "inter._combine_kernel"]
-                       + ["latent_codec._decode_stripe"] * 2)
+                       + ["latent_codec._decode_stripes"] * 2)
     files = {p: p.stat().st_mtime_ns for p in shipped.iterdir()}
     first = _run_child(site, "image", env)
     assert first.get("sha") == _sha(decode(GOLDEN.read_bytes()).image.planes), first

@@ -53,9 +53,23 @@ def test_roundtrip_many_scales_and_means():
         _roundtrip(arch, latents, q, shifts, 1)
 
 
-def test_parallel_decoding_matches_serial(small_arch):
+@pytest.mark.parametrize("n_sub,threads", [(4, 2), (5, 2), (5, 3)])
+def test_parallel_decoding_matches_serial(small_arch, n_sub, threads):
+    """Groups of stripes decoded in lockstep, one group per thread: the same latents as the
+    serial decode (one group of every stripe), escapes and a latent past the int32 bound included."""
     q, shifts, _, latents = random_int_model(small_arch, seed=9)
-    _roundtrip(small_arch, latents, q, shifts, 4, threads=2)
+    latents = [y.copy() for y in latents]
+    latents[-1][-1, 0] = MAX_LATENT  # in the last stripe: its group goes again on the int64 ARM
+    _roundtrip(small_arch, latents, q, shifts, n_sub, threads=threads)
+
+
+def test_stripe_groups():
+    from coolchic.decoder_runtime.latent_codec import stripe_groups
+
+    assert stripe_groups(5, 1) == [range(0, 5)]
+    assert stripe_groups(5, 2) == [range(0, 2), range(2, 5)]
+    assert stripe_groups(4, 2) == [range(0, 2), range(2, 4)]
+    assert stripe_groups(2, 8) == [range(0, 1), range(1, 2)]  # never an empty group
 
 
 def test_zero_latents_cost_little():
@@ -118,16 +132,16 @@ def test_int32_arm_agrees_with_int64_up_to_its_bound(small_arch):
 
 
 def _nets_used(monkeypatch):
-    """Record the integer type of the ARM of every _decode_stripe call made from Python."""
+    """Record the integer type of the ARM of every _decode_stripes call made from Python."""
     from coolchic.decoder_runtime import latent_codec
 
-    kernel, used = latent_codec._decode_stripe, []
+    kernel, used = latent_codec._decode_stripes, []
 
     def spy(*args):
-        used.append((args[7].wh.dtype, int(args[8])))  # net, l_safe
+        used.append((args[9].wh.dtype, int(args[10])))  # net, l_safe
         return kernel(*args)
 
-    monkeypatch.setattr(latent_codec, "_decode_stripe", spy)
+    monkeypatch.setattr(latent_codec, "_decode_stripes", spy)
     return used
 
 
