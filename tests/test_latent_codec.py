@@ -202,3 +202,21 @@ def test_ifce_forward_matches_its_definition():
         top = ifce_forward(src, wq, bq, shift, f, out)
         np.testing.assert_array_equal(out[:f], want, err_msg=f"case {case}")
         assert (out[f] == -5).all() and top == want.max()
+
+
+def test_work_arrays_are_reused_only_when_small(small_arch, monkeypatch):
+    """Two decodes of the same shapes on one thread share their work arrays, and both
+    decode exactly; with a keep limit of 0 nothing is kept."""
+    from coolchic.decoder_runtime import latent_codec
+
+    for seed in (11, 12):
+        q, shifts, _, latents = random_int_model(small_arch, seed=seed)
+        _roundtrip(small_arch, latents, q, shifts, 3)
+        kept = latent_codec._kept.work
+        assert kept is not None
+        if seed == 11:
+            first = kept[1]
+    assert kept[1] is first
+    monkeypatch.setattr(latent_codec, "WORKSPACE_KEEP_BYTES", 0)
+    _roundtrip(small_arch, latents, q, shifts, 2)
+    assert latent_codec._kept.work is None
