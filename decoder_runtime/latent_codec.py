@@ -219,7 +219,7 @@ def compact_columns(x, n, nz, batch_of):
     return m
 
 
-@njit
+@njit(inline="always")
 def wave_rows(t, n_rows, w, slope):
     """First and last stripe row of wave ``t``."""
     lo = 0
@@ -395,12 +395,7 @@ def _decode_stripes(data, starts, ends, sts, r0s, r1s, w, gf, slope, net, l_safe
                 if n_rows <= 0 or t >= (w - 1) + slope * (n_rows - 1) + 1:
                     continue
                 hs, cpad, _ = stripe_layout(n_rows, w, slope)
-                lo = 0
-                if t > w - 1:
-                    lo = (t - (w - 1) + slope - 1) // slope
-                hi = t // slope
-                if hi > n_rows - 1:
-                    hi = n_rows - 1
+                lo, hi = wave_rows(t, n_rows, w, slope)
                 base0 = skew_index(lo, t - slope * lo, hs, cpad, slope)
                 m += gather_run(wk.yp[j], base0, 1, hi - lo + 1, wk.offs[j], gf, r0s[j] + lo, 1, t - slope * lo,
                                 -slope, x, nz, n)
