@@ -284,9 +284,11 @@ def _workspace(arch: DecoderArch, ctx: Context, n_sub: int, groups: Sequence[ran
     kept = getattr(_kept, "work", None)
     if kept is not None and kept[0] == key:
         return kept[1]
-    # Both integer types may be allocated: 8 bytes per value at most.
-    n_values = work.k * (work.cap * (net.dim + 2 * net.n_ctx + 7) + work.g * work.size)
-    _kept.work = (key, work) if 8 * n_values <= WORKSPACE_KEEP_BYTES else None
+    # The bytes of StripeWork's arrays when both integer types of the net are
+    # allocated: the net-typed ones on 4 + 8 bytes, the others twice.
+    per_type = work.cap * (4 * 8 + 1) + work.g * work.size * 4
+    n_bytes = work.k * (work.cap * (net.dim + 2 * net.n_ctx + 2) * 12 + 2 * per_type)
+    _kept.work = (key, work) if n_bytes <= WORKSPACE_KEEP_BYTES else None
     return work
 
 
