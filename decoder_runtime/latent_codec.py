@@ -342,9 +342,9 @@ def _decode_stripes(data, starts, ends, sts, r0s, r1s, w, gf, slope, net, l_safe
     r0s[j]..r1s[j]-1, its substream is ``data[starts[j]:ends[j]]``, its state ``sts[j]``.
 
     The stripes advance wave by wave together: the ARM runs once per wave on
-    the pixels of every stripe (longer runs of its vector loops, a third of
-    the calls), and the range decoders of the stripes, independent chains,
-    follow each other. Stripe j's latents land in ``wk.yp[j]``, its skewed
+    the pixels of every stripe (longer runs of its vector loops, one call
+    where there were as many as stripes), and the range decoders of the
+    stripes, independent chains, follow each other. Stripe j's latents land in ``wk.yp[j]``, its skewed
     copy (the caller copies them out, :func:`_copy_out`). With ``net32``,
     ``l_safe`` is :func:`int32_safe_latent_bound`: the first latent beyond it
     stops the group with ``STATUS_WIDE`` and the caller decodes the group again
