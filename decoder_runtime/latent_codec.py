@@ -53,7 +53,6 @@ from .errors import BitstreamError
 from .jit import njit
 from .prob_tables import get_tables
 from .range_coder import (
-    MASK32,
     MAX_OVERREAD,
     ST_CODE,
     ST_POS,
@@ -64,9 +63,13 @@ from .range_coder import (
     STATUS_OVERREAD,
     STATUS_RANGE,
     TOP,
+    bisect_symbol,
     decoder_init,
+    rc_narrow,
+    rc_shift_in,
+    rc_target,
 )
-from .prob_tables import MU_FRAC_BITS, TOTAL_BITS
+from .prob_tables import MU_FRAC_BITS
 
 MAX_ESCAPE_PREFIX = 16
 # Status of a stripe that _decode_stripes stopped at a latent beyond the int32
@@ -435,48 +438,24 @@ def _decode_stripes(data, starts, ends, sts, r0s, r1s, w, gf, slope, net, l_safe
                 sign = 0
                 prefix = 0
                 while True:
-                    # range_coder.rc_step, written out: numba's inlining of a
-                    # function that takes arrays adds four atomic reference-count
-                    # operations per call, which doubled the time of a symbol.
-                    # (unit, target, s_hi: rc_step's r, t, hi; t and r name the wave
-                    # and the residual here.)
+                    # range_coder.rc_step's helpers in this loop (see rc_step:
+                    # calling it would add reference counting to every symbol).
+                    unit, target = rc_target(code, rng, nbits)
                     if nbits < 0:
-                        unit = rng >> TOTAL_BITS
-                        # code and unit are below 2^32: an unsigned division, which
-                        # LLVM narrows to 32 bits (a signed one needs floor fixes)
-                        target = np.int64(np.uint64(code) // np.uint64(unit))
-                        if target >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
-                            target = (1 << TOTAL_BITS) - 1
                         # The mode of the residual first (0, or 1 when mu's
                         # fraction is at least 1/2): it holds 84 % of kodim01's
-                        # symbols at 0.89 bpp, more at lower rates. Else a binary search.
+                        # symbols at 0.89 bpp, more at lower rates.
                         s = big_r + (fr >> (MU_FRAC_BITS - 1))
                         if not (cum[off + s] <= target < cum[off + s + 1]):
-                            s = 0
-                            s_hi = esc + 1
-                            while s_hi - s > 1:
-                                mid = (s + s_hi) >> 1
-                                if cum[off + mid] <= target:
-                                    s = mid
-                                else:
-                                    s_hi = mid
+                            s = bisect_symbol(cum, off, 0, esc + 1, target)
                         c0 = np.int64(cum[off + s])
                         width = np.int64(cum[off + s + 1]) - c0
                     else:
-                        unit = rng >> nbits
-                        target = code // unit
-                        if target >= (1 << nbits):
-                            target = (1 << nbits) - 1
-                        s = target
-                        c0 = target
-                        width = np.int64(1)
-                    code -= unit * c0
-                    rng = unit * width
+                        s, c0, width = target, target, np.int64(1)
+                    code, rng = rc_narrow(code, unit, c0, width)
                     while rng < TOP:
-                        byte = np.int64(buf[pos]) if pos < buf.size else np.int64(0)
+                        code, rng = rc_shift_in(code, rng, np.int64(buf[pos]) if pos < buf.size else np.int64(0))
                         pos += 1
-                        code = ((code << 8) | byte) & MASK32
-                        rng = (rng << 8) & MASK32
                     if phase == 0:
                         if s != esc:
                             r = s - big_r

@@ -31,51 +31,71 @@ def new_state() -> np.ndarray:
 
 
 @njit(inline="always")
+def rc_target(code, rng, nbits):
+    """(unit, target) of a decoding step: ``unit = range >> B``, ``target =
+    min(code // unit, 2^B - 1)`` with B = TOTAL_BITS for a symbol (``nbits <
+    0``), else ``nbits`` (0 to 16) equiprobable bits, whose value the target
+    is. Both operands are below 2^32: an unsigned division, which LLVM
+    narrows to 32 bits. The target exceeds 2^B - 1 in a corrupted stream only.
+    """
+    b = TOTAL_BITS if nbits < 0 else nbits
+    unit = rng >> b
+    target = np.int64(np.uint64(code) // np.uint64(unit))
+    top = (np.int64(1) << b) - 1
+    return unit, (target if target < top else top)
+
+
+@njit(inline="always")
+def bisect_symbol(cum, off, lo, hi, target):
+    """The symbol s in [lo, hi) with ``cum[off + s] <= target < cum[off + s + 1]``
+    (``cum[off + lo] <= target`` and ``target < cum[off + hi]``)."""
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if cum[off + mid] <= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always")
+def rc_narrow(code, unit, c0, width):
+    """(code, range) once the symbol ``[c0, c0 + width)`` (in units of ``unit``) is read."""
+    return code - unit * c0, unit * width
+
+
+@njit(inline="always")
+def rc_shift_in(code, rng, byte):
+    """(code, range) after one byte of renormalisation (while ``range < TOP``)."""
+    return ((code << 8) | byte) & MASK32, (rng << 8) & MASK32
+
+
+@njit(inline="always")
 def rc_step(buf, pos, code, rng, cum, off, n_sym, nbits):
     """One decoding step: (value, pos, code, range).
 
     ``nbits < 0``: one symbol of ``cum[off : off + n_sym + 1]`` (16-bit
     frequency totals), its index; else ``nbits`` (0 to 16) equiprobable bits,
-    their value. One function for both, so that a kernel that reads symbols
-    and bits holds one copy of the renormalisation (each inlined copy costs
-    compile time). The state is passed in scalars so that it stays in
-    registers in hot loops. The latent kernel (``latent_codec._decode_stripes``)
-    holds this step written out, the same arithmetic (its search tries the
-    residual's mode first, then bisects: the same symbol): inlined there, this
-    function's array arguments cost four atomic reference-count operations per
-    symbol, as much as the step itself.
+    their value. The state is passed in scalars so that it stays in registers
+    in hot loops. The latent kernel (``latent_codec._decode_stripes``) runs
+    the same helpers (:func:`rc_target`, :func:`bisect_symbol`,
+    :func:`rc_narrow`, :func:`rc_shift_in`, scalars but for the search) in its
+    own loop instead of calling this function: inlined there, its array
+    arguments would cost four atomic reference-count operations per symbol,
+    as much as the step itself.
     """
+    unit, t = rc_target(code, rng, nbits)
     if nbits < 0:
-        r = rng >> TOTAL_BITS
-        t = np.int64(np.uint64(code) // np.uint64(r))  # both below 2^32: a 32-bit division
-        if t >= (1 << TOTAL_BITS):  # only a corrupted stream gets here
-            t = (1 << TOTAL_BITS) - 1
-        lo = 0
-        hi = n_sym
-        while hi - lo > 1:
-            mid = (lo + hi) >> 1
-            if cum[off + mid] <= t:
-                lo = mid
-            else:
-                hi = mid
-        c0 = np.int64(cum[off + lo])
-        width = np.int64(cum[off + lo + 1]) - c0
+        s = bisect_symbol(cum, off, 0, n_sym, t)
+        c0 = np.int64(cum[off + s])
+        width = np.int64(cum[off + s + 1]) - c0
     else:
-        r = rng >> nbits
-        t = code // r
-        if t >= (1 << nbits):
-            t = (1 << nbits) - 1
-        lo = t
-        c0 = t
-        width = np.int64(1)
-    code -= r * c0
-    rng = r * width
+        s, c0, width = t, t, np.int64(1)
+    code, rng = rc_narrow(code, unit, c0, width)
     while rng < TOP:
-        b = np.int64(buf[pos]) if pos < buf.size else np.int64(0)
+        code, rng = rc_shift_in(code, rng, np.int64(buf[pos]) if pos < buf.size else np.int64(0))
         pos += 1
-        code = ((code << 8) | b) & MASK32
-        rng = (rng << 8) & MASK32
-    return lo, pos, code, rng
+    return s, pos, code, rng
 
 
 @njit
