@@ -13,7 +13,8 @@ The bound follows the stages of a decode, each counted at its peak:
 * the file itself (the bytes, the substreams cut out of them, and the
   latent decoder's joined buffer);
 * the network parameters, from the integers in the parameter section to the
-  initializers of the onnxruntime session;
+  weights fed to the onnxruntime session (graph inputs; initializers in an
+  exported model);
 * latent decoding: every decoded grid (int32), plus for the grid being decoded
   its zero-bordered int64 copy and its int64 IFCE features;
 * upsampling and synthesis: the float32 inputs fed to onnxruntime, then the
@@ -42,9 +43,10 @@ from .errors import ConfigError, ResourceLimitError
 DEFAULT_MAX_MEMORY = 4 << 30
 F32 = 4
 # Bytes held per network parameter at the peak: int32 in the parameter
-# section's decode, float32 dequantized, float32 in the serialized model (and
-# a transient copy while it is joined), float32 initializer and its packed
-# copy inside onnxruntime.
+# section's decode, float32 dequantized, float32 in the weight feed (the
+# tiled path: in the serialized model, and a transient copy while it is
+# joined), and onnxruntime's copies of a graph input or initializer. Counted
+# as for initializers, the larger case.
 PARAM_BYTES = 28
 # The file's bytes, the substreams sliced out of them, and the joined buffer
 # of the latent decoder.

@@ -1,8 +1,12 @@
 """The ONNX graph of upsampling, synthesis and output clamp for one bitstream.
 
-Built from the architecture in the header and the dequantized weights, which
-become initializers: every shape is static, so onnxruntime plans the whole
-frame once. Inputs ``latent_0 .. latent_{N-1}`` (float32 ``[1, 1, h_i, w_i]``,
+Built from the architecture in the header and the dequantized weights. Every
+shape is static, so onnxruntime plans the whole frame once. The weights (and
+the upsampling kernels made from them) are initializers in an exported model;
+the runtime builds them as graph inputs instead (``weights_as_inputs``), so
+that the graph depends on the architecture and the frame size only and one
+onnxruntime session serves every file of that shape: a new file skips the
+session's creation and its slower first run. Inputs ``latent_0 .. latent_{N-1}`` (float32 ``[1, 1, h_i, w_i]``,
 0 = finest) and, with common randomness, ``cr_0 .. cr_{N-1}``; output
 ``image``, float32 ``[1, n_out, H, W]`` clamped to [0, 1] (an inter frame: not clamped,
 see inter.py).
@@ -13,7 +17,7 @@ The maths is ``docs/architecture.md`` sections 3 to 5;
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,11 +52,18 @@ def check_params(arch: DecoderArch, params: Mapping[str, np.ndarray]) -> None:
 
 
 class _GraphBuilder:
-    """Serialised nodes and initializers, with generated unique names."""
+    """Serialised nodes and initializers, with generated unique names.
 
-    def __init__(self) -> None:
+    ``weights_as_inputs``: what :meth:`weight` makes are graph inputs
+    (``weight_inputs``) whose values go to ``weight_feed``.
+    """
+
+    def __init__(self, weights_as_inputs: bool = False) -> None:
         self.nodes: List[bytes] = []
         self.inits: List[bytes] = []
+        self.weights_as_inputs = weights_as_inputs
+        self.weight_inputs: List[bytes] = []
+        self.weight_feed: Dict[str, np.ndarray] = {}
         self._n = 0
 
     def name(self, stem: str) -> str:
@@ -62,6 +73,16 @@ class _GraphBuilder:
     def const(self, stem: str, value, dtype=np.float32) -> str:
         name = self.name(stem)
         self.inits.append(onnx_proto.tensor(name, np.asarray(value, dtype)))
+        return name
+
+    def weight(self, stem: str, value) -> str:
+        """A float32 tensor made from the bitstream's weights: an initializer, or a graph input."""
+        if not self.weights_as_inputs:
+            return self.const(stem, value)
+        name = self.name(stem)
+        a = np.ascontiguousarray(value, np.float32)
+        self.weight_inputs.append(onnx_proto.value_info(name, a.shape))
+        self.weight_feed[name] = a
         return name
 
     def op(self, op_type: str, inputs: Sequence[str], stem: Optional[str] = None, **attrs) -> str:
@@ -116,7 +137,7 @@ def _tconv_w_polyphase(g: _GraphBuilder, x: str, channels: int, t: np.ndarray) -
     axis = g.const("axis", [4], np.int64)
     phases = []
     for f in (0, 1):
-        w = g.const("tconv_w", _depthwise(t[f::2][::-1], channels, False))
+        w = g.weight("tconv_w", _depthwise(t[f::2][::-1], channels, False))
         y = g.op("Conv", [x, w], "tconv_w", group=channels, pads=[0, half - 1, 0, half - 1])
         phases.append(g.op("Unsqueeze", [y, axis], "phase"))
     y = g.op("Concat", phases, "interleave", axis=4)
@@ -134,7 +155,7 @@ def _upsample_step(g: _GraphBuilder, x: str, channels: int, t: np.ndarray, dst_h
     # Padding both axes before both passes equals pad-H/conv-H/pad-W/conv-W:
     # the W-padding columns are copies of the edge column either way.
     x = g.pad_edge(x, pad, pad, pad, pad)
-    wh = g.const("tconv_h", _depthwise(t, channels, True))
+    wh = g.weight("tconv_h", _depthwise(t, channels, True))
     x = g.op("ConvTranspose", [x, wh], "tconv_h", strides=[2, 1], group=channels)
     x = _tconv_w_polyphase(g, x, channels, t)
     c = k // 2 - 1 + 2 * pad
@@ -145,13 +166,13 @@ def _preconcat(g: _GraphBuilder, x: str, p: np.ndarray) -> str:
     if len(p) == 1:
         # A 1-tap kernel applied along H then W is a gain of p^2.
         gain = np.float32(p[0]) * np.float32(p[0])
-        if gain == 1.0:
+        if gain == 1.0 and not g.weights_as_inputs:  # a graph for any weights keeps the Mul
             return x
-        return g.op("Mul", [x, g.const("preconcat_gain", gain)], "preconcat")
+        return g.op("Mul", [x, g.weight("preconcat_gain", gain)], "preconcat")
     r = len(p) // 2
     x = g.pad_edge(x, r, r, r, r)
-    x = g.op("Conv", [x, g.const("preconcat_h", _depthwise(p, 1, True))], "preconcat_h")
-    return g.op("Conv", [x, g.const("preconcat_w", _depthwise(p, 1, False))], "preconcat_w")
+    x = g.op("Conv", [x, g.weight("preconcat_h", _depthwise(p, 1, True))], "preconcat_h")
+    return g.op("Conv", [x, g.weight("preconcat_w", _depthwise(p, 1, False))], "preconcat_w")
 
 
 def _final_resize(g: _GraphBuilder, x: str, channels: int, src_hw, dst_hw, mode: str) -> str:
@@ -185,8 +206,8 @@ STRIPE_ROWS = 64
 def _layer(g: _GraphBuilder, weights: Dict[int, tuple], params, i: int, layer, x: str) -> str:
     if i not in weights:  # one initializer per layer, however many stripes use it
         weights[i] = (
-            g.const(f"synthesis_{i}_weight", params[f"synthesis.layers.{i}.weight"]),
-            g.const(f"synthesis_{i}_bias", params[f"synthesis.layers.{i}.bias"]),
+            g.weight(f"synthesis_{i}_weight", params[f"synthesis.layers.{i}.weight"]),
+            g.weight(f"synthesis_{i}_bias", params[f"synthesis.layers.{i}.bias"]),
         )
     r = layer.kernel_size // 2
     y = g.op("Conv", [g.pad_edge(x, r, r, r, r), *weights[i]], f"synthesis_{i}")
@@ -221,7 +242,7 @@ def _synthesis(g: _GraphBuilder, arch: DecoderArch, params: Mapping[str, np.ndar
     for i, layer in layers:
         x = _layer(g, weights, params, i, layer, x)
     if arch.linear_stabiliser_synth:
-        w = g.const("stabiliser_weight", params["synthesis.stabiliser.weight"])
+        w = g.weight("stabiliser_weight", params["synthesis.stabiliser.weight"])
         s = g.op("Conv", [inp, w], "stabiliser")
         x = g.op("Add", [x, s], "stabilised")
     return x
@@ -234,10 +255,22 @@ def build_decoder_model_bytes(arch: DecoderArch, params: Mapping[str, np.ndarray
     one tile of rows (inputs: the window's latent rows; output: its
     ``out_rows``); None for the whole frame.
     """
+    return build_decoder_graph(arch, params, window)[0]
+
+
+def build_decoder_graph(arch: DecoderArch, params: Mapping[str, np.ndarray], window=None,
+                        weights_as_inputs: bool = False) -> Tuple[bytes, Dict[str, np.ndarray]]:
+    """:func:`build_decoder_model_bytes`, and the feed of the weight inputs.
+
+    With ``weights_as_inputs`` the weights are graph inputs, returned as the
+    feed to add to :func:`input_feed`'s: the bytes then depend only on the
+    architecture and ``window``, never on the weights. Otherwise they are
+    initializers and the feed is empty.
+    """
     from .tiling import whole_window
 
     check_params(arch, params)
-    g = _GraphBuilder()
+    g = _GraphBuilder(weights_as_inputs)
     full = arch.latent_grid_sizes()
     n = len(full)
     win = whole_window(arch) if window is None else window
@@ -291,7 +324,9 @@ def build_decoder_model_bytes(arch: DecoderArch, params: Mapping[str, np.ndarray
         hi = g.const("one", np.float32(1.0))
         g.nodes.append(onnx_proto.node("Clip", [x, lo, hi], ["image"], "image", {}))
     out = onnx_proto.value_info("image", [1, arch.n_out, *out_hw])
-    return onnx_proto.model(g.nodes, g.inits, inputs, [out], "coolchic_decoder", OPSET, IR_VERSION, PRODUCER)
+    model = onnx_proto.model(g.nodes, g.inits, inputs + g.weight_inputs, [out], "coolchic_decoder", OPSET,
+                             IR_VERSION, PRODUCER)
+    return model, g.weight_feed
 
 
 def build_decoder_model(arch: DecoderArch, params: Mapping[str, np.ndarray]):

@@ -24,10 +24,13 @@ from typing import Union
 from .errors import InferenceError, ProviderError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-# One session: decoding the same stream again skips the session build, while
-# an app decoding many streams holds one session, not one per stream.
-# clear_session_cache() releases it (the shared CPU arena stays: see above).
-_CACHE_SIZE = 1
+# The graph takes the weights as inputs (onnx_graph), so a session serves every
+# stream of its architecture and size. Four: an intra, a P and a B graph of a
+# video and one more. A session holds its graph only, its tensors living in
+# the shared arena: 1 MB each for kodim01's mop graph after a run (RSS of four
+# sessions of it: 213, 214, 214, 215 MB). clear_session_cache() releases them
+# (the shared CPU arena stays: see above).
+_CACHE_SIZE = 4
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
 # decode() may run in several threads: the cache's dict operations take this
 # lock; sessions are built outside it, and onnxruntime allows concurrent

@@ -61,16 +61,21 @@ def synthesize(
     threads: int = 1,
     timings: Optional[Dict[str, float]] = None,
 ) -> np.ndarray:
-    """The clamped synthesis output ``(n_out, H, W)`` float32, run on onnxruntime."""
-    from .onnx_graph import build_decoder_model_bytes, input_feed
+    """The clamped synthesis output ``(n_out, H, W)`` float32, run on onnxruntime.
+
+    The graph takes the weights as inputs: every file of the same architecture
+    and size runs in the same cached session.
+    """
+    from .onnx_graph import build_decoder_graph, input_feed
     from .ort_session import cached_session
 
     t0 = time.perf_counter()
-    model_bytes = build_decoder_model_bytes(arch, float_params)
+    model_bytes, weight_feed = build_decoder_graph(arch, float_params, weights_as_inputs=True)
     t1 = time.perf_counter()
     sess = cached_session(model_bytes, provider, threads)
     t2 = time.perf_counter()
     feed = input_feed(arch, latents, common_randomness_grids(arch))
+    feed.update(weight_feed)
     out = run_graph(sess, feed, f"a {arch.img_size[0]}x{arch.img_size[1]} frame")
     t3 = time.perf_counter()
     if timings is not None:
@@ -144,8 +149,8 @@ def reconstruct_tiles(
         t0 = time.perf_counter()
         win = plan_rows(arch, y0, y1)
         if tile_key(arch, win) != key:
-            # One session alive at a time: each keeps its own arena, as large
-            # as its tile's tensors.
+            # One session alive at a time (their tensors come from the shared
+            # CPU arena of ort_session, as large as one tile's).
             key, sess = tile_key(arch, win), None
             model = build_decoder_model_bytes(arch, float_params, win)
             t1 = time.perf_counter()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -9,8 +12,8 @@ import pytest
 from coolchic.decoder_runtime.arch import param_layout
 from coolchic.decoder_runtime.common_randomness import common_randomness_grids
 from coolchic.decoder_runtime.errors import ConfigError, ProviderError
-from coolchic.decoder_runtime.onnx_graph import STRIPE_ROWS, build_decoder_model, input_feed
-from coolchic.decoder_runtime.ort_session import cached_session, clear_session_cache, make_session, session_options
+from coolchic.decoder_runtime.onnx_graph import STRIPE_ROWS, build_decoder_graph, build_decoder_model, input_feed
+from coolchic.decoder_runtime.ort_session import _CACHE_SIZE, cached_session, clear_session_cache, make_session, session_options
 from coolchic.decoder_runtime.reconstruct import reconstruct, to_raw_image
 from coolchic.decoder_runtime.reference_numpy import reference_forward, to_code_values, up2_1d
 from coolchic.decoder_runtime.upsampling_kernels import (
@@ -22,6 +25,8 @@ from coolchic.decoder_runtime.upsampling_kernels import (
 )
 
 from conftest import make_arch
+
+BENCH_DATA = Path(__file__).resolve().parent.parent / "bench" / "data"
 
 
 def random_params(arch, seed=0):
@@ -100,6 +105,29 @@ def test_graph_matches_numpy_reference(case):
     inside = ((want > 0) & (want < 1)).mean()
     assert inside > 0.5, "the test weights should keep most outputs off the clamp"
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(TALL))
+def test_weights_as_inputs_same_graph_same_output(case):
+    """The runtime's graph (weights as inputs) does not depend on the weights, and computes
+    exactly what the graph with the weights as initializers computes."""
+    kw = dict(latent_resolution=(0, 5))
+    kw.update(CASES.get(case) or TALL[case])
+    size = (33, 47) if case in CASES else (2 * STRIPE_ROWS + 19, 13)
+    arch = make_arch(size, **kw)
+    latents = random_latents(arch, seed=3)
+    models = []
+    for seed in (1, 2):
+        params = random_params(arch, seed=seed)
+        if "k4-p1" in case and seed == 2:  # a 1-tap preconcat of gain 1: the initializer graph drops its Mul
+            params = {k: (np.ones_like(v) if k.startswith("upsampling.preconcat") else v) for k, v in params.items()}
+        model, weights = build_decoder_graph(arch, params, weights_as_inputs=True)
+        assert build_decoder_graph(arch, params)[1] == {}
+        feed = dict(input_feed(arch, latents, common_randomness_grids(arch)), **weights)
+        (got,) = make_session(model).run(["image"], feed)
+        np.testing.assert_array_equal(got[0], run_graph(arch, params, latents))
+        models.append(model)
+    assert models[0] == models[1]
 
 
 def test_gray_and_yuv420_output_forms():
@@ -209,38 +237,54 @@ def test_session_options_do_not_spin():
     assert so.get_session_config_entry("session.inter_op.allow_spinning") == "0"
 
 
+_ARENA_CHILD = """
+import json, resource, sys
+import onnxruntime
+from conftest import make_arch
+from test_onnx_graph import random_latents, random_params
+from coolchic.decoder_runtime.onnx_graph import build_decoder_model, input_feed
+from coolchic.decoder_runtime.ort_session import make_session, session_options
+
+arch = make_arch((256, 384))
+feeds = [(build_decoder_model(arch, random_params(arch, s)).SerializeToString(), input_feed(arch, random_latents(arch, s)))
+         for s in (0, 1)]
+def first_run_faults(new_session):
+    out = []
+    for model, feed in feeds:
+        sess = new_session(model)
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        sess.run(["image"], feed)
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        del sess
+    return out
+own = first_run_faults(lambda m: onnxruntime.InferenceSession(m, session_options(), providers=["CPUExecutionProvider"]))
+shared = first_run_faults(make_session)
+entry = make_session(feeds[0][0]).get_session_options().get_session_config_entry("session.use_env_allocators")
+print(json.dumps({"own": own, "shared": shared, "entry": entry}))
+"""
+
+
 def test_new_session_reuses_the_shared_cpu_arena():
     """A new file's session runs in memory an earlier session faulted in (ort_session.shared_cpu_arena).
 
-    With an arena per session, the second session's first run page-faults its
-    activations afresh (about 2 400 faults for this 256x384 graph)."""
-    import resource
+    In a fresh process (the allocator's state decides what a freed arena
+    leaves behind): two sessions of a 256x384 graph, each with its own arena,
+    then two sharing the registered one. With its own arena the second
+    session's first run page-faults its activations afresh (about 2 400
+    faults); with the shared arena, the pages the first session faulted in
+    serve it."""
+    import json
+    import subprocess
+    import sys
 
-    import onnxruntime
-
-    arch = make_arch((256, 384))
-    feeds = []
-    for seed in (0, 1):  # two "files": same shapes, other weights and latents
-        params, latents = random_params(arch, seed), random_latents(arch, seed)
-        feeds.append((build_decoder_model(arch, params).SerializeToString(), input_feed(arch, latents)))
-    faults = []
-    for model, feed in feeds:
-        sess = make_session(model)
-        assert sess.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        sess.run(["image"], feed)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-        del sess
-    assert faults[1] < 100, faults
-    # The same runs with an arena per session: the check above can tell the two apart.
-    own = []
-    for model, feed in feeds:
-        sess = onnxruntime.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"])
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        sess.run(["image"], feed)
-        own.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-        del sess
-    assert own[1] > 500, own
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-c", _ARENA_CHILD], capture_output=True, text=True, env=env, cwd=tests)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["entry"] == "1"
+    assert got["own"][1] > 500, got
+    assert got["shared"][1] < 100, got
 
 
 def test_session_cache_reuses_sessions():
@@ -251,7 +295,22 @@ def test_session_cache_reuses_sessions():
     assert cached_session(data) is a
     b = cached_session(data, threads=2)
     assert b is not a and cached_session(data, threads=2) is b
-    assert cached_session(data) is not a, "only the last session is kept"
+    assert cached_session(data) is a, "the cache holds several sessions"
+    for threads in range(3, 3 + _CACHE_SIZE):  # as many others: the least recently used, b, goes
+        cached_session(data, threads=threads)
+    assert cached_session(data, threads=2) is not b
+    clear_session_cache()
+    assert cached_session(data) is not a
+
+
+def test_files_of_one_shape_share_a_session():
+    """decode() of two bitstreams of one architecture and size: one onnxruntime session."""
+    from coolchic.decoder_runtime import decode, ort_session
+
+    clear_session_cache()
+    for name in ("kodim01_mop.cool", "kodim02_mop_debug.cool"):
+        decode(BENCH_DATA / name)
+    assert len(ort_session._cache) == 1
     clear_session_cache()
 
 
