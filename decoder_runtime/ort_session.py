@@ -25,12 +25,13 @@ from .errors import InferenceError, ProviderError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # The graph takes the weights as inputs (onnx_graph), so a session serves every
-# stream of its architecture and size. Four: an intra, a P and a B graph of a
-# video and one more. A session holds its graph only, its tensors living in
-# the shared arena: 1 MB each for kodim01's mop graph after a run (RSS of four
-# sessions of it: 213, 214, 214, 215 MB). clear_session_cache() releases them
-# (the shared CPU arena stays: see above).
-_CACHE_SIZE = 4
+# stream of its architecture and size. Eight: a frame's bands with several
+# threads (reconstruct_bands), a video's P and B graphs, and other shapes.
+# A session holds its graph only, its tensors living in the shared arena: 1 MB
+# each for kodim01's mop graph after a run (RSS of one to four sessions of
+# it: 213, 214, 214, 215 MB). clear_session_cache() releases them (the shared
+# CPU arena stays: see above).
+_CACHE_SIZE = 8
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
 # decode() may run in several threads: the cache's dict operations take this
 # lock; sessions are built outside it, and onnxruntime allows concurrent

@@ -5,7 +5,7 @@ integer code values in the frame's format (docs/architecture.md section 5).
 from __future__ import annotations
 
 import time
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -99,22 +99,87 @@ def reconstruct(
     ``tile_rows``: compute the frame in tiles of that many output rows
     (:func:`reconstruct_tiles`); None: tiles only when the whole frame's graph
     would need more than ``tiling.TILE_GRAPH_BUDGET``; 0: the whole frame.
+    A whole frame on the CPU with ``threads`` > 1 runs as that many bands of
+    rows at once (:func:`reconstruct_bands`).
 
     ``timings``, when given, receives the seconds spent in ``graph_build``,
     ``session``, ``upsampling_synthesis`` and ``output``.
     """
-    from .tiling import TILE_GRAPH_BUDGET, tile_rows_for
+    from .tiling import TILE_GRAPH_BUDGET, parallel_bands, tile_rows_for
 
     if tile_rows is None:
         tile_rows = tile_rows_for(arch, TILE_GRAPH_BUDGET)
     if tile_rows:
         return reconstruct_tiles(arch, float_params, latents, tile_rows, provider, threads, timings)
+    bands = parallel_bands(arch, threads) if provider == "cpu" else []
+    if bands:
+        return reconstruct_bands(arch, float_params, latents, bands, timings)
     x = synthesize(arch, float_params, latents, provider, threads, timings)
     t0 = time.perf_counter()
     img = to_raw_image(x, arch.frame_data_type, arch.bitdepth)
     if timings is not None:
         timings["output"] = time.perf_counter() - t0
     return img
+
+
+def reconstruct_bands(
+    arch: DecoderArch,
+    float_params: Mapping[str, np.ndarray],
+    latents: Sequence[np.ndarray],
+    bands: Sequence[Tuple[int, int]],
+    timings: Optional[Dict[str, float]] = None,
+) -> RawImage:
+    """:func:`reconstruct` with each band of output rows (``tiling.parallel_bands``) on its own thread.
+
+    onnxruntime's own threads gain little on this graph: its small
+    convolutions, pads and concatenations run on one core whatever the
+    setting. Bands are independent graphs (``decoder_runtime.tiling``), each
+    run single-threaded in its cached session, concurrently (``run``
+    releases the GIL); each writes its rows of the output planes. Up to float
+    summation order a band computes what the whole frame does (the bench
+    bitstreams decode to the same pixels, bit for bit).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .onnx_graph import build_decoder_graph
+    from .ort_session import cached_session
+    from .tiling import plan_rows, tile_feed
+
+    h, w = arch.img_size
+    dtype = np.uint8 if arch.bitdepth <= 8 else np.uint16
+    chroma = (h // 2, w // 2) if arch.frame_data_type == "yuv420" else (h, w)
+    planes = [np.empty((h, w), dtype)] + [np.empty(chroma, dtype) for _ in range(arch.n_out - 1)]
+    seed = arch.common_randomness_seed if arch.flag_common_randomness else None
+    t0 = time.perf_counter()
+    graphs = []
+    for y0, y1 in bands:
+        win = plan_rows(arch, y0, y1)
+        model, weights = build_decoder_graph(arch, float_params, win, weights_as_inputs=True)
+        graphs.append((y0, y1, win, model, weights))
+    t1 = time.perf_counter()
+
+    def band(i: int) -> Tuple[float, float]:
+        """(session, output) seconds of band i; its session is made (or found) on its own thread."""
+        y0, y1, win, model, weights = graphs[i]
+        t = time.perf_counter()
+        sess = cached_session(model, "cpu", 1)
+        t_session = time.perf_counter() - t
+        feed = dict(tile_feed(arch, win, latents, seed), **weights)
+        out = run_graph(sess, feed, f"rows {y0}-{y1} of a {h}x{w} frame")
+        t = time.perf_counter()
+        c0, c1 = (y0 // 2, y1 // 2) if arch.frame_data_type == "yuv420" else (y0, y1)
+        write_code_values(out[0], arch.bitdepth, [planes[0][y0:y1]] + [p[c0:c1] for p in planes[1:]])
+        return t_session, time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=len(graphs), thread_name_prefix="coolchic-bands") as pool:
+        spent = list(pool.map(band, range(len(graphs))))
+    t2 = time.perf_counter()
+    if timings is not None:
+        # The bands overlap: each stage counts its slowest band.
+        session, output = max(s for s, _ in spent), max(o for _, o in spent)
+        timings.update(graph_build=t1 - t0, session=session, output=output,
+                       upsampling_synthesis=t2 - t1 - session - output)
+    return RawImage(tuple(planes), arch.frame_data_type, arch.bitdepth)
 
 
 def reconstruct_tiles(

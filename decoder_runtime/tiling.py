@@ -113,6 +113,28 @@ def tile_bounds(height: int, rows: int, align: int) -> List[Rows]:
     return [(y, min(height, y + rows)) for y in range(0, height, rows)]
 
 
+# Rows of the smallest band decode_bands gives a thread: below it the halo
+# and a session's fixed costs outweigh a second core.
+MIN_BAND_ROWS = 128
+
+
+def parallel_bands(arch: DecoderArch, n: int) -> List[Rows]:
+    """Output rows of up to ``n`` bands of about equal height for ``n`` threads, or [] (one band).
+
+    Bands are multiples of the coarsest grid's stride (:func:`tile_bounds`)
+    and at least :data:`MIN_BAND_ROWS` rows.
+    """
+    h = arch.img_size[0]
+    if n < 2 or not can_split(arch):
+        return []
+    align = 1 << max(arch.latent_levels)
+    n = min(n, h // max(MIN_BAND_ROWS, align))
+    if n < 2:
+        return []
+    bands = tile_bounds(h, -(-h // n), align)
+    return bands if len(bands) > 1 and all(b - a >= MIN_BAND_ROWS for a, b in bands) else []
+
+
 def tile_rows_for(arch: DecoderArch, budget_bytes: int) -> Optional[int]:
     """Output rows per tile so that a tile's graph stays within ``budget_bytes``, or None (whole frame).
 

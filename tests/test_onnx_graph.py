@@ -12,6 +12,7 @@ import pytest
 from coolchic.decoder_runtime.arch import param_layout
 from coolchic.decoder_runtime.common_randomness import common_randomness_grids
 from coolchic.decoder_runtime.errors import ConfigError, ProviderError
+from coolchic.decoder_runtime import onnx_graph
 from coolchic.decoder_runtime.onnx_graph import STRIPE_ROWS, build_decoder_graph, build_decoder_model, input_feed
 from coolchic.decoder_runtime.ort_session import _CACHE_SIZE, cached_session, clear_session_cache, make_session, session_options
 from coolchic.decoder_runtime.reconstruct import reconstruct, to_raw_image
@@ -121,7 +122,12 @@ def test_weights_as_inputs_same_graph_same_output(case):
         params = random_params(arch, seed=seed)
         if "k4-p1" in case and seed == 2:  # a 1-tap preconcat of gain 1: the initializer graph drops its Mul
             params = {k: (np.ones_like(v) if k.startswith("upsampling.preconcat") else v) for k, v in params.items()}
+        onnx_graph._model_bytes.clear()  # serialised afresh, not taken from the cache
         model, weights = build_decoder_graph(arch, params, weights_as_inputs=True)
+        # Again, from the cache: the same bytes, and a feed of the same names and values.
+        cached, again = build_decoder_graph(arch, params, weights_as_inputs=True)
+        assert cached is model and sorted(again) == sorted(weights)
+        assert all(np.array_equal(again[k], weights[k]) for k in weights)
         assert build_decoder_graph(arch, params)[1] == {}
         feed = dict(input_feed(arch, latents, common_randomness_grids(arch)), **weights)
         (got,) = make_session(model).run(["image"], feed)

@@ -114,3 +114,28 @@ def test_png_compress_level(tmp_path):
     assert np.array_equal(read_image(tmp_path / "f.png").to_hwc(), img.to_hwc())
     with pytest.raises(ImageIOError, match=r"PNG compression level must be an integer in \[0, 9\]"):
         encode_image(img, ".png", 10)
+
+
+def test_parallel_bands():
+    """Bands for threads: multiples of the coarsest stride (64 rows for kodim01's 7 levels), >= 128 rows."""
+    assert tiling.parallel_bands(MOP, 1) == []
+    assert tiling.parallel_bands(MOP, 2) == [(0, 256), (256, 512)]
+    assert tiling.parallel_bands(MOP, 3) == [(0, 192), (192, 384), (384, 512)]
+    assert tiling.parallel_bands(MOP, 16) == [(0, 128), (128, 256), (256, 384), (384, 512)]
+    assert tiling.parallel_bands(replace(MOP, img_size=(200, 768)), 2) == []  # two bands would be under 128 rows
+    assert tiling.parallel_bands(replace(MOP, latent_resolution=(1, 6)), 2) == []  # a final resize: no split
+
+
+@pytest.mark.parametrize("name", ["kodim01_mop.cool", "kodim01_hop_debug.cool"])
+def test_bands_on_two_threads_give_the_one_thread_image(name, monkeypatch):
+    from coolchic.decoder_runtime import reconstruct as rc
+
+    data = (REPO / "bench" / "data" / name).read_bytes()
+    one = decoder_runtime.decode(data, threads=1).image
+    calls = []
+    real = rc.reconstruct_bands
+    monkeypatch.setattr(rc, "reconstruct_bands", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    two = decoder_runtime.decode(data, threads=2, timings=True)
+    assert calls == [[(0, 256), (256, 512)]]
+    assert two.timings["upsampling_synthesis"] > 0
+    assert all(np.array_equal(a, b) for a, b in zip(one.planes, two.image.planes))
