@@ -9,8 +9,9 @@
      yet, so the decode pays the session creation and the session's slower
      first run. Emulated by emptying the session cache
      (``ort_session.clear_session_cache``) before each decode.
-   * new file, shape seen: ``--other`` (another bitstream of the same
-     architecture and size) is decoded, untimed, before each timed decode.
+   * new file, shape seen: the session cache is emptied, then ``--other``
+     (another bitstream of the same architecture and size) is decoded,
+     untimed, before each timed decode.
      The graph takes the weights as inputs, so the timed file runs in the
      session the other one made; every other cache of the runtime (the
      latent decoder's work arrays) is keyed by shapes too, so this is what
@@ -40,8 +41,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from coolchic import decoder_runtime  # noqa: E402
+from coolchic.decoder_runtime.bitstream import read_bitstream  # noqa: E402
 from coolchic.decoder_runtime.ort_session import clear_session_cache  # noqa: E402
 
+DEFAULT_BITSTREAM = HERE / "data" / "kodim01_mop.cool"
 STAGES = ("parse", "latents", "graph_build", "session", "upsampling_synthesis", "output")
 
 
@@ -54,9 +57,9 @@ def spread(values, scale=1e3, fmt="{:.1f}"):
 def in_process(data: bytes, threads: int, repeat: int, new_file: bool, other: bytes = b""):
     runs = []
     for _ in range(repeat):
-        if new_file:
+        if new_file or other:
             clear_session_cache()
-        if other:
+        if other:  # its sessions are the only ones cached
             decoder_runtime.decode(other, threads=threads)
         runs.append(decoder_runtime.decode(data, threads=threads, timings=True).timings)
     split = ", ".join(f"{k} {1e3 * statistics.median(r.get(k, 0) for r in runs):.1f}" for k in STAGES)
@@ -83,11 +86,12 @@ def child_wall_and_rss(cmd, runs: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bitstream", type=Path, default=HERE / "data" / "kodim01_mop.cool")
+    ap.add_argument("--bitstream", type=Path, default=DEFAULT_BITSTREAM)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--other", type=Path, default=HERE / "data" / "kodim02_mop_debug.cool",
-                    help="a bitstream of the same architecture and size, for the shape-seen case")
+    ap.add_argument("--other", type=Path, default=None,
+                    help="a bitstream of the same architecture and size, for the shape-seen case "
+                         "(default: bench/data/kodim02_mop_debug.cool for the default bitstream; none otherwise)")
     args = ap.parse_args()
     if not args.bitstream.exists():
         sys.exit(f"{args.bitstream} is missing: run python bench/make_bench_bitstreams.py first")
@@ -96,14 +100,19 @@ def main() -> None:
     print(f"{args.bitstream.name}: {len(data)} bytes, {img.width}x{img.height}, "
           f"{8 * len(data) / (img.width * img.height):.4f} bpp, threads={args.threads}")
     repeat, repeat_split = in_process(data, args.threads, args.repeat, new_file=False)
-    other = args.other.read_bytes()
-    o = decoder_runtime.decode(other).image
-    if (o.width, o.height) != (img.width, img.height):
-        sys.exit(f"{args.other} is not the size of {args.bitstream}")
-    seen, seen_split = in_process(data, args.threads, args.repeat, new_file=False, other=other)
+    if args.other is None and args.bitstream == DEFAULT_BITSTREAM:
+        args.other = HERE / "data" / "kodim02_mop_debug.cool"
+    seen = None
+    if args.other is not None:
+        other = args.other.read_bytes()
+        if read_bitstream(other).arch != read_bitstream(data).arch:
+            sys.exit(f"{args.other} does not have the architecture and size of {args.bitstream}")
+        seen, seen_split = in_process(data, args.threads, args.repeat, new_file=False, other=other)
     new, new_split = in_process(data, args.threads, args.repeat, new_file=True)
     print(f"repeat decode   (ms): {spread(repeat)} median (min-max) of {args.repeat}; median split: {repeat_split}")
-    print(f"new file, shape seen (ms): {spread(seen)} median (min-max) of {args.repeat}; median split: {seen_split}")
+    if seen is not None:
+        print(f"new file, shape seen (ms): {spread(seen)} median (min-max) of {args.repeat}; "
+              f"median split: {seen_split}")
     print(f"new file, first of its shape (ms): {spread(new)} median (min-max) of {args.repeat}; "
           f"median split: {new_split}")
 
