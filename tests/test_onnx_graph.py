@@ -361,3 +361,15 @@ def test_runtime_graph_does_not_load_onnx():
     r = subprocess.run([sys.executable, "-c", code], cwd=here, capture_output=True, text=True, timeout=60,
                        env={**__import__("os").environ, "PYTHONPATH": str(here.parent)})
     assert r.returncode == 0 and r.stdout.strip() == "11", r.stderr
+
+
+def test_residual_layers_fold_into_their_convolution():
+    """conv(x, W) + x runs as one Conv with W + I at the centre tap: no Add in the graph, and each
+    ReLU after a Conv (onnxruntime fuses the pair)."""
+    arch = make_arch((33, 47), latent_resolution=(0, 5))
+    assert any(layer.residual for layer in arch.layers_synthesis)
+    model = build_decoder_model(arch, random_params(arch))
+    ops = [n.op_type for n in model.graph.node]
+    assert "Add" not in ops
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    assert all(produced_by[n.input[0]].op_type == "Conv" for n in model.graph.node if n.op_type == "Relu")
