@@ -7,12 +7,15 @@ The bitstream holds frames 0-2 of ../shared/data/video/bikes_640x272_25p_yuv420_
 coded I0, P2, B1 (``--make`` encodes it with a short preset; decode speed
 depends on the decoder configuration and the latent count, not on how long
 the encoder trained). Each run decodes the whole sequence with
-``decoder_runtime.decode_video`` (one thread, warm numba cache, the
-onnxruntime sessions of a new file each time: the session cache is emptied),
-and takes each frame's time from its ``timings``: latents, upsampling and
-synthesis (with the session), motion compensation. Reports the median, min and
-max over ``--repeat`` runs per frame type and in frames per second.
-Last line: ``inter_frame_decode_ms=<median of the P and B frames> ms``.
+``decoder_runtime.decode_video`` (one thread, warm numba cache) and takes each
+frame's time from its ``timings``: latents, upsampling and synthesis,
+onnxruntime session, motion compensation. Two series of ``--repeat`` runs:
+with the sessions known (the session cache kept from the previous run: what
+every frame of a type after the first pays in a longer sequence, the graphs
+taking the weights as inputs), then as a new file (the cache emptied before
+each run: the first frame of each type makes its session). Reports the
+median, min and max per frame and in frames per second.
+Last line: ``inter_frame_decode_ms=<median of the P and B frames> ms``, new file.
 """
 
 from __future__ import annotations
@@ -63,25 +66,36 @@ def main() -> None:
     _, entries = index_sequence(data)
     kinds = {e.spec.display_index: e.spec.frame_type for e in entries}
     list(decode_video(data))  # warm-up: numba kernels loaded
-    per = {k: [] for k in kinds}
-    parts = {k: {"latents": [], "upsampling_synthesis": [], "motion_compensation": []} for k in kinds}
-    walls = []
-    for _ in range(args.repeat):
-        clear_session_cache()
-        t0 = time.perf_counter()
-        for i, dec in enumerate(decode_video(data, threads=1, timings=True)):
-            per[i].append(dec.timings["total"])
-            for name in parts[i]:
-                parts[i][name].append(dec.timings.get(name, 0.0) + (dec.timings.get("session", 0.0)
-                                                                   if name == "upsampling_synthesis" else 0.0))
-        walls.append(time.perf_counter() - t0)
-    for i in sorted(per):
-        ts = per[i]
-        split = ", ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in parts[i].items() if any(v))
-        print(f"frame {i} ({kinds[i]}): median {1e3 * statistics.median(ts):.1f} ms "
-              f"(min {1e3 * min(ts):.1f}, max {1e3 * max(ts):.1f}); {split}")
-    print(f"whole sequence: median {statistics.median(walls):.3f} s for {len(per)} frames "
-          f"({len(per) / statistics.median(walls):.1f} frames/s)")
+
+    def run(new_sessions: bool):
+        per = {k: [] for k in kinds}
+        parts = {k: {"latents": [], "upsampling_synthesis": [], "motion_compensation": [], "session": []}
+                 for k in kinds}
+        walls = []
+        for _ in range(args.repeat):
+            if new_sessions:
+                clear_session_cache()
+            t0 = time.perf_counter()
+            for i, dec in enumerate(decode_video(data, threads=1, timings=True)):
+                per[i].append(dec.timings["total"])
+                for name in parts[i]:
+                    parts[i][name].append(dec.timings.get(name, 0.0))
+            walls.append(time.perf_counter() - t0)
+        return per, parts, walls
+
+    # The graphs take the weights as inputs: within a sequence (and from one
+    # sequence to the next) every frame of a type and size after the first
+    # runs in the session the first one made.
+    for new_sessions in (False, True):
+        per, parts, walls = run(new_sessions)
+        print("new file (sessions made)" if new_sessions else "sessions known (a later frame of each type)")
+        for i in sorted(per):
+            ts = per[i]
+            split = ", ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in parts[i].items() if any(v))
+            print(f"  frame {i} ({kinds[i]}): median {1e3 * statistics.median(ts):.1f} ms "
+                  f"(min {1e3 * min(ts):.1f}, max {1e3 * max(ts):.1f}); {split}")
+        print(f"  whole sequence: median {statistics.median(walls):.3f} s for {len(per)} frames "
+              f"({len(per) / statistics.median(walls):.1f} frames/s)")
     inter = [t for i, ts in per.items() if kinds[i] != "I" for t in ts]
     print(f"inter_frame_decode_ms={1e3 * statistics.median(inter):.1f} ms")
 
