@@ -16,20 +16,23 @@ from .frame import RawImage
 
 
 def write_code_values(x: np.ndarray, bitdepth: int, out: Sequence[np.ndarray]) -> None:
-    """Float planes in [0, 1] (any float32 values) to integer code values, written into ``out``."""
-    m = (1 << bitdepth) - 1
-    # In place on float32: this runs on the full frame of every decode.
-    # fmax/fmin rather than clip: a NaN (weights of a hostile file can
-    # overflow float32) becomes 0, not an undefined integer and a warning.
-    y = np.fmax(x, np.float32(0.0), dtype=np.float32)
-    np.fmin(y, np.float32(1.0), out=y)
-    y *= np.float32(m)
-    np.rint(y, out=y)
-    for dst, p in zip(out, y):
-        if dst.shape == p.shape:
-            dst[...] = p
-        else:  # yuv420 chroma: every other sample of the full-resolution plane
-            dst[...] = p[::2, ::2]
+    """Float planes in [0, 1] (any float32 values) to integer code values, written into ``out``.
+
+    A yuv420 chroma plane keeps every other sample of the full-resolution
+    plane, taken before the arithmetic (a quarter of it); its other values
+    are never read.
+    """
+    m = np.float32((1 << bitdepth) - 1)
+    for dst, p in zip(out, x):
+        if dst.shape != p.shape:
+            p = p[::2, ::2]
+        # fmax/fmin rather than clip: a NaN (weights of a hostile file can
+        # overflow float32) becomes 0, not an undefined integer and a warning.
+        y = np.fmax(p, np.float32(0.0), dtype=np.float32)
+        np.fmin(y, np.float32(1.0), out=y)
+        y *= m
+        np.rint(y, out=y)
+        dst[...] = y
 
 
 def to_raw_image(x: np.ndarray, frame_data_type: str, bitdepth: int) -> RawImage:

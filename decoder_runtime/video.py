@@ -41,7 +41,8 @@ def reconstruct_frame(bs, grids, refs: Sequence[np.ndarray], provider: str = "cp
         return reconstruct(arch, bs.float_params(), latents, provider=provider, threads=threads, timings=timings)
     raw = synthesize(arch, bs.float_params(), latents, provider, threads, timings)
     t0 = time.perf_counter()
-    image = to_raw_image(combine(raw, arch.frame_type, refs), arch.frame_data_type, arch.bitdepth)
+    step = 2 if arch.frame_data_type == "yuv420" else 1  # chroma only where the frame keeps it
+    image = to_raw_image(combine(raw, arch.frame_type, refs, step), arch.frame_data_type, arch.bitdepth)
     if timings is not None:
         timings["motion_compensation"] = time.perf_counter() - t0
     return image

@@ -63,6 +63,26 @@ def test_combine_twins_agree_bit_for_bit(frame_type):
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("frame_type", ["P", "B"])
+def test_combine_with_chroma_step_2_keeps_the_yuv420_samples(frame_type):
+    """chroma_step=2 (yuv420) computes the luma everywhere and the chroma at even rows and columns,
+    the very values of the full computation; the decoded frame's code values are the same."""
+    from coolchic.decoder_runtime.reconstruct import to_raw_image
+
+    rng = np.random.default_rng(8)
+    n_refs = 1 if frame_type == "P" else 2
+    raw = (rng.standard_normal((3 + 3 * n_refs, 22, 28)) * 0.7).astype(np.float32)
+    refs = [rng.random((3, 22, 28), dtype=np.float32) for _ in range(n_refs)]
+    full = inter.combine(raw, frame_type, refs)
+    half = inter.combine(raw, frame_type, refs, chroma_step=2)
+    assert np.array_equal(half[0], full[0])
+    assert np.array_equal(half[1:, ::2, ::2], full[1:, ::2, ::2])
+    a, b = to_raw_image(full, "yuv420", 10), to_raw_image(half, "yuv420", 10)
+    assert all(np.array_equal(x, y) for x, y in zip(a.planes, b.planes))
+    with pytest.raises(ValueError, match="chroma_step"):
+        inter.combine(raw, frame_type, refs, chroma_step=3)
+
+
 def test_nan_motion_reads_the_first_row_and_column():
     """Only a hostile file's synthesis makes a NaN: it must not index outside the frame."""
     ref = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
