@@ -142,7 +142,9 @@ def decode(
 
     ``provider``: onnxruntime execution provider, ``"cpu"`` or ``"cuda"``
     (:class:`ProviderError` when absent). ``threads``: threads of the latent
-    decoder and of onnxruntime. ``timings``: fill ``DecodedImage.timings``.
+    decoder and, on the CPU, of the upsampling and synthesis (the frame as
+    that many bands of rows at once; the same pixels as one thread).
+    ``timings``: fill ``DecodedImage.timings``.
     ``max_pixels``: refuse larger images (default: the bitstream reader's
     limit, 16.7 Mpixel), a guard against absurd headers.
     ``max_memory``: refuse, from the header and before allocating, a decode

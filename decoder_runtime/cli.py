@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=1,
         metavar="N",
-        help="threads for latent decoding and for onnxruntime (default: 1)",
+        help="threads for latent decoding and for upsampling and synthesis (default: 1)",
     )
     p.add_argument(
         "--max-memory",
