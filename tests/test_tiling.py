@@ -139,3 +139,28 @@ def test_bands_on_two_threads_give_the_one_thread_image(name, monkeypatch):
     assert calls == [[(0, 256), (256, 512)]]
     assert two.timings["upsampling_synthesis"] > 0
     assert all(np.array_equal(a, b) for a, b in zip(one.planes, two.image.planes))
+
+
+def test_concurrent_decodes_on_bands():
+    """Two application threads decoding with threads=2 at once: their bands share cached sessions
+    (onnxruntime allows concurrent runs of one session) and both get the one-thread image."""
+    import threading
+
+    data = (REPO / "bench" / "data" / "kodim01_mop.cool").read_bytes()
+    want = decoder_runtime.decode(data, threads=1).image.planes
+    got, errors = [], []
+
+    def work():
+        try:
+            for _ in range(2):
+                got.append(decoder_runtime.decode(data, threads=2).image.planes)
+        except Exception as e:  # surfaced below: an assertion in a thread would be lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 4
+    assert all(np.array_equal(a, b) for planes in got for a, b in zip(planes, want))
