@@ -35,12 +35,22 @@ def write_code_values(x: np.ndarray, bitdepth: int, out: Sequence[np.ndarray]) -
         dst[...] = y
 
 
-def to_raw_image(x: np.ndarray, frame_data_type: str, bitdepth: int) -> RawImage:
-    """``(n_out, H, W)`` synthesis output in [0, 1] -> integer planes of a RawImage."""
-    n, h, w = x.shape
+def empty_planes(n: int, h: int, w: int, frame_data_type: str, bitdepth: int) -> list:
+    """The integer planes of an ``n``-plane ``h`` x ``w`` frame, uninitialised (yuv420 chroma halved)."""
     dtype = np.uint8 if bitdepth <= 8 else np.uint16
     chroma = (h // 2, w // 2) if frame_data_type == "yuv420" else (h, w)
-    planes = [np.empty((h, w), dtype)] + [np.empty(chroma, dtype) for _ in range(n - 1)]
+    return [np.empty((h, w), dtype)] + [np.empty(chroma, dtype) for _ in range(n - 1)]
+
+
+def write_rows(x: np.ndarray, arch: DecoderArch, planes: Sequence[np.ndarray], y0: int, y1: int) -> None:
+    """:func:`write_code_values` of output rows ``y0..y1-1`` (a tile's or a band's ``x``) into ``planes``."""
+    c0, c1 = (y0 // 2, y1 // 2) if arch.frame_data_type == "yuv420" else (y0, y1)
+    write_code_values(x, arch.bitdepth, [planes[0][y0:y1]] + [p[c0:c1] for p in planes[1:]])
+
+
+def to_raw_image(x: np.ndarray, frame_data_type: str, bitdepth: int) -> RawImage:
+    """``(n_out, H, W)`` synthesis output in [0, 1] -> integer planes of a RawImage."""
+    planes = empty_planes(*x.shape, frame_data_type, bitdepth)
     write_code_values(x, bitdepth, planes)
     return RawImage(tuple(planes), frame_data_type, bitdepth)
 
@@ -149,9 +159,7 @@ def reconstruct_bands(
     from .tiling import plan_rows, tile_feed
 
     h, w = arch.img_size
-    dtype = np.uint8 if arch.bitdepth <= 8 else np.uint16
-    chroma = (h // 2, w // 2) if arch.frame_data_type == "yuv420" else (h, w)
-    planes = [np.empty((h, w), dtype)] + [np.empty(chroma, dtype) for _ in range(arch.n_out - 1)]
+    planes = empty_planes(arch.n_out, h, w, arch.frame_data_type, arch.bitdepth)
     seed = arch.common_randomness_seed if arch.flag_common_randomness else None
     t0 = time.perf_counter()
     graphs = []
@@ -170,8 +178,7 @@ def reconstruct_bands(
         feed = dict(tile_feed(arch, win, latents, seed), **weights)
         out = run_graph(sess, feed, f"rows {y0}-{y1} of a {h}x{w} frame")
         t = time.perf_counter()
-        c0, c1 = (y0 // 2, y1 // 2) if arch.frame_data_type == "yuv420" else (y0, y1)
-        write_code_values(out[0], arch.bitdepth, [planes[0][y0:y1]] + [p[c0:c1] for p in planes[1:]])
+        write_rows(out[0], arch, planes, y0, y1)
         return t_session, time.perf_counter() - t
 
     with ThreadPoolExecutor(max_workers=len(graphs), thread_name_prefix="coolchic-bands") as pool:
@@ -207,9 +214,7 @@ def reconstruct_tiles(
     if not can_split(arch):
         return reconstruct(arch, float_params, latents, provider, threads, timings, tile_rows=0)
     h, w = arch.img_size
-    dtype = np.uint8 if arch.bitdepth <= 8 else np.uint16
-    chroma = (h // 2, w // 2) if arch.frame_data_type == "yuv420" else (h, w)
-    planes = [np.empty((h, w), dtype)] + [np.empty(chroma, dtype) for _ in range(arch.n_out - 1)]
+    planes = empty_planes(arch.n_out, h, w, arch.frame_data_type, arch.bitdepth)
     seed = arch.common_randomness_seed if arch.flag_common_randomness else None
     key, sess = None, None
     t = dict.fromkeys(("graph_build", "session", "upsampling_synthesis", "output"), 0.0)
@@ -228,8 +233,7 @@ def reconstruct_tiles(
         t2 = time.perf_counter()
         out = run_graph(sess, tile_feed(arch, win, latents, seed), f"rows {y0}-{y1} of a {h}x{w} frame")
         t3 = time.perf_counter()
-        c0, c1 = (y0 // 2, y1 // 2) if arch.frame_data_type == "yuv420" else (y0, y1)
-        write_code_values(out[0], arch.bitdepth, [planes[0][y0:y1]] + [p[c0:c1] for p in planes[1:]])
+        write_rows(out[0], arch, planes, y0, y1)
         del out  # onnxruntime's output may hold its session's memory until released
         t["upsampling_synthesis"] += t3 - t2
         t["output"] += time.perf_counter() - t3
