@@ -18,7 +18,7 @@ yuv420 and yuv444 frames become ``RGB`` through the ITU-R BT.709 matrix
 YUV test sequences: Y' in [16, 235] and Cb, Cr in [16, 240] at 8 bits, scaled
 by 2^(bitdepth - 8) above; yuv420 chroma is repeated over each 2x2 block.
 
-Video sequences (format version 2) open like animated formats: ``n_frames``,
+Video sequences (format versions 2 and 4) open like animated formats: ``n_frames``,
 ``is_animated``, ``seek(k)`` / ``tell()`` in display order (``ImageSequence``
 works), ``info["duration"]`` in milliseconds when the file gives a frame rate,
 ``info["frame_type"]`` of the current frame. Frames are decoded in order by
@@ -56,10 +56,10 @@ KR, KB = 0.2126, 0.0722
 
 
 def _accept(prefix: bytes) -> bool:
-    from coolchic.decoder_runtime.bitstream import IMAGE_VERSION, MAGIC, SEQUENCE_VERSION
+    from coolchic.decoder_runtime.bitstream import MAGIC, READABLE_VERSIONS
 
-    return prefix[: len(MAGIC)] == MAGIC and prefix[len(MAGIC):len(MAGIC) + 1] in (
-        bytes([IMAGE_VERSION]), bytes([SEQUENCE_VERSION]))
+    return prefix[: len(MAGIC)] == MAGIC and prefix[len(MAGIC):len(MAGIC) + 1] in [
+        bytes([v]) for v in READABLE_VERSIONS]
 
 
 def yuv_to_rgb8(img: RawImage) -> np.ndarray:
@@ -145,7 +145,7 @@ class CoolChicImageFile(ImageFile.ImageFile):
 
     def _open(self) -> None:
         from coolchic.decoder_runtime.arch import decoder_options
-        from coolchic.decoder_runtime.bitstream import HEADER_PEEK, MAGIC, SEQUENCE_VERSION, read_header
+        from coolchic.decoder_runtime.bitstream import HEADER_PEEK, MAGIC, SEQUENCE_VERSIONS, read_header
         from coolchic.encoder.complexity import total_mac_per_pixel
 
         assert self.fp is not None
@@ -156,7 +156,7 @@ class CoolChicImageFile(ImageFile.ImageFile):
         self.fp.seek(0, 2)
         n_bytes = self.fp.tell() - start
         self.fp.seek(start)
-        if prefix[len(MAGIC)] == SEQUENCE_VERSION:
+        if prefix[len(MAGIC)] in SEQUENCE_VERSIONS:
             return self._open_sequence(start, n_bytes)
         try:
             header = read_header(prefix, n_bytes=n_bytes)

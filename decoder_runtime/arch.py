@@ -141,6 +141,7 @@ class DecoderArch:
     linear_stabiliser_arm: bool = False
     ifce_resolution: Optional[Tuple[int, int]] = None
     output_feature_ifce: int = 0
+    ifce_stack: bool = False
     ups_k_size: int = 8
     ups_preconcat_k_size: int = 7
     static_upsampling_kernel: bool = False
@@ -220,6 +221,7 @@ class CodedGrid:
     h: int
     w: int
     ifce_source: int  # decoding-order index of the grid that feeds the IFCE, or -1
+    ifce_stack: Tuple[int, ...] = ()  # grids read at the source pixel's position (ifce_stack archs)
 
 
 def coded_grids(arch: DecoderArch) -> Tuple[CodedGrid, ...]:
@@ -240,7 +242,8 @@ def coded_grids(arch: DecoderArch) -> Tuple[CodedGrid, ...]:
             a, b = arch.ifce_resolution
             if a <= lv <= b:
                 src = pos - 1
-        out.append(CodedGrid(pos, lv, not is_latent, idx, gh, gw, src))
+        stack = tuple(range(src)) if (src > 0 and arch.ifce_stack) else ()
+        out.append(CodedGrid(pos, lv, not is_latent, idx, gh, gw, src, stack))
     return tuple(out)
 
 
@@ -330,7 +333,12 @@ def param_layout(arch: DecoderArch) -> Tuple[ParamSpec, ...]:
     specs.append(ParamSpec("arm", f"arm.mlp.{nl}.bias", (2,), "bias"))
     if arch.linear_stabiliser_arm:
         specs.append(ParamSpec("arm", "arm.stabiliser.weight", (2, d), "weight"))
-    if arch.ifce_features:
+    if arch.ifce_features and arch.ifce_stack:
+        blocks = [g for g in arch.coded_grids() if g.ifce_source >= 0]
+        for b, g in enumerate(blocks):
+            specs.append(ParamSpec("ifce", f"ifce.{b}.weight", (arch.ifce_features, 9 + len(g.ifce_stack)), "weight"))
+            specs.append(ParamSpec("ifce", f"ifce.{b}.bias", (arch.ifce_features,), "bias"))
+    elif arch.ifce_features:
         specs.append(ParamSpec("ifce", "ifce.weight", (arch.ifce_features, 9), "weight"))
         specs.append(ParamSpec("ifce", "ifce.bias", (arch.ifce_features,), "bias"))
     if "upsampling" in modules_to_send(arch):
@@ -394,6 +402,8 @@ def validate_arch(a: DecoderArch) -> None:
                 f"output_feature_ifce must be in [1, {MAX_IFCE_FEATURES}] when ifce_resolution is set, "
                 f"got {a.output_feature_ifce}"
             )
+    elif a.ifce_stack:
+        raise ConfigError("ifce_stack needs an IFCE (ifce_resolution)")
     k = a.ups_k_size
     if not (4 <= k <= MAX_UPS_KERNEL and k % 2 == 0):
         raise ConfigError(f"ups_k_size (upsampling kernel) must be even, >= 4 and <= {MAX_UPS_KERNEL}, got {k}")
@@ -450,6 +460,7 @@ def decoder_options(arch: DecoderArch) -> Dict[str, str]:
         "hyper_latent_resolution": rng(arch.hyper_latent_resolution),
         "ifce_resolution": rng(arch.ifce_resolution),
         "output_feature_ifce": str(arch.output_feature_ifce),
+        "ifce_stack": str(arch.ifce_stack).lower(),
         "upsampling_kernel_size": str(arch.ups_k_size),
         "ups_preconcat_k_size": str(arch.ups_preconcat_k_size),
         "static_upsampling_kernel": str(arch.static_upsampling_kernel).lower(),

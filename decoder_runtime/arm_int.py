@@ -12,11 +12,11 @@ See docs/architecture.md, section 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .arch import DecoderArch
+from .arch import DecoderArch, param_layout
 from .errors import BitstreamError
 from .jit import njit
 from .prob_tables import MU_FRAC_BITS, N_SCALE
@@ -81,9 +81,17 @@ class IntArm:
     net64: ArmNet
     net32: ArmNet
     n_ifce: int
-    w_ifce: np.ndarray  # int64 [F, 9]  (F >= 1 for numba typing; unused when n_ifce = 0)
-    b_ifce: np.ndarray  # int64 [F], aligned
+    # One (weight, bias) per grid with an IFCE, in decoding order (``arch.ifce_stack``),
+    # or a single pair that every such grid shares. Weight int64 [F, 9 + E] (F >= 1
+    # for numba typing; unused when n_ifce = 0), bias int64 [F], aligned.
+    w_ifce: Tuple[np.ndarray, ...]
+    b_ifce: Tuple[np.ndarray, ...]
     shift_ifce: int
+
+    def ifce_layer(self, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) of the k-th grid with an IFCE (decoding order)."""
+        k = k if len(self.w_ifce) > 1 else 0
+        return self.w_ifce[k], self.b_ifce[k]
 
 
 GROUP = 4  # inputs per step of the dense kernel
@@ -134,17 +142,18 @@ def build_int_arm(arch: DecoderArch, q_params: dict, shifts: dict) -> IntArm:
     net32 = ArmNet(*(a.astype(np.int32) for a in (wh, bh, wo, ws)),
                    np.clip(bo, -INT32_MAX, INT32_MAX).astype(np.int32), sw, nl, c, dp)
     f = arch.ifce_features
-    wi = np.zeros((max(f, 1), 9), dtype=np.int64)
-    bi = np.zeros(max(f, 1), dtype=np.int64)
+    ws_i, bs_i = [np.zeros((1, 9), dtype=np.int64)], [np.zeros(1, dtype=np.int64)]
     si = 0
     if f:
         si, sib = shifts[("ifce", "weight")], shifts[("ifce", "bias")]
         for s in (si, sib):
             if not 0 <= s <= MAX_SHIFT:
                 raise BitstreamError(f"IFCE quantization shift {s} outside [0, {MAX_SHIFT}]")
-        wi[:] = np.asarray(q_params["ifce.weight"], dtype=np.int64)
-        bi[:] = [align_bias(int(v), si, sib) for v in q_params["ifce.bias"]]
-    return IntArm(c, nl, d, net64, net32, f, wi, bi, si)
+        names = [(spec.name, spec.name[: -len("weight")] + "bias")
+                 for spec in param_layout(arch) if spec.module == "ifce" and spec.kind == "weight"]
+        ws_i = [np.asarray(q_params[wn], dtype=np.int64).reshape(f, -1) for wn, _ in names]
+        bs_i = [np.array([align_bias(int(v), si, sib) for v in q_params[bn]], dtype=np.int64) for _, bn in names]
+    return IntArm(c, nl, d, net64, net32, f, tuple(ws_i), tuple(bs_i), si)
 
 
 def arm_scratch(net: ArmNet, cap: int) -> ArmScratch:
@@ -336,19 +345,24 @@ def int32_safe_latent_bound(net: ArmNet, feat_bound: int, hint: Optional[int] = 
 
 
 @njit(nogil=True)
-def ifce_forward(src, w_ifce, b_ifce, shift, n_feat, out):
+def ifce_forward(src, extra, w_ifce, b_ifce, shift, n_feat, out):
     """IFCE features of every pixel of the source grid ``src``, into ``out`` [>= F, sh, sw]; returns their maximum.
 
-    Source pixel (y, x) reads its 3x3 neighbourhood, edges replicated. A
-    pixel of the grid being decoded reads the features of its source pixel
-    (see :func:`feature_pixel`), so they are computed once per source pixel:
-    ``clamp((b + (sum_t w_t src_t << FRAC) + half) >> shift, 0, ACT_MAX)``,
-    on int64 (|w| < 2^15, |src| < 2^14: every term below 2^50). A row at a
-    time: the three source rows it reads, edge-padded, then per feature one
-    multiply-add per tap over the row (contiguous views, which LLVM
-    vectorises). Rows of ``out`` beyond ``n_feat`` are left as they are.
+    Source pixel (y, x) reads its 3x3 neighbourhood, edges replicated, then
+    ``extra[e, y, x]`` for each of the E planes of ``extra`` [E, sh, sw] (the
+    coarser grids' values at that position; E = 0 without ``ifce_stack``):
+    ``v = [3x3 patch, extra]``, ``w_ifce`` [F, 9 + E]. A pixel of the grid
+    being decoded reads the features of its source pixel (see
+    :func:`feature_pixel`), so they are computed once per source pixel:
+    ``clamp((b + (sum_t w_t v_t << FRAC) + half) >> shift, 0, ACT_MAX)``,
+    on int64 (|w| < 2^15, |v| < 2^14, at most 9 + 2 * 13 terms: each sum
+    below 2^35, shifted below 2^43). A row at a time: the three source rows
+    it reads, edge-padded, then per feature one multiply-add per tap over the
+    row (contiguous views, which LLVM vectorises). Rows of ``out`` beyond
+    ``n_feat`` are left as they are.
     """
     sh, sw = src.shape
+    n_extra = extra.shape[0]
     top = np.int64(0)
     if n_feat == 0 or sh == 0 or sw == 0:
         return top
@@ -374,6 +388,12 @@ def ifce_forward(src, w_ifce, b_ifce, shift, n_feat, out):
                     r = rows[t // 3, t % 3:t % 3 + sw]
                     for p in range(sw):
                         acc[p] += wt * r[p]
+            for e in range(n_extra):
+                wt = np.int64(w_ifce[f, 9 + e])
+                if wt != 0:
+                    x_row = extra[e, y]
+                    for p in range(sw):
+                        acc[p] += wt * np.int64(x_row[p])
             bf = np.int64(b_ifce[f]) + half
             o = out[f, y]
             for p in range(sw):

@@ -44,9 +44,17 @@ from .errors import BitstreamError, ConfigError, ResourceLimitError
 from .expgolomb import read_network_params
 
 MAGIC = b"Cc"
-IMAGE_VERSION = 1  # a file holding one intra frame
-SEQUENCE_VERSION = 2  # a file holding a sequence of I, P and B frames (decoder_runtime/sequence.py)
-READABLE_VERSIONS = (IMAGE_VERSION, SEQUENCE_VERSION)
+# Versions written: an image file (one intra frame), a sequence file (frames
+# I, P and B; decoder_runtime/sequence.py). Versions 1 and 2 are the same two
+# kinds before the stacked IFCE (``arch.ifce_stack``, header flag bit 6); they
+# still decode.
+IMAGE_VERSION = 3
+SEQUENCE_VERSION = 4
+IMAGE_VERSIONS = (1, IMAGE_VERSION)
+SEQUENCE_VERSIONS = (2, SEQUENCE_VERSION)
+READABLE_VERSIONS = IMAGE_VERSIONS + SEQUENCE_VERSIONS
+IFCE_STACK_VERSIONS = (IMAGE_VERSION, SEQUENCE_VERSION)  # headers that may set flag bit 6
+FLAG_IFCE_STACK = 0x40
 MAX_SUBSTREAMS = 64
 _REFERENCE_HINT = (
     " (it may be a bitstream of the reference Cool-chic, a format this decoder does not read)"
@@ -148,7 +156,7 @@ def check_magic(data: bytes, n_bytes: Optional[int] = None) -> int:
     if version not in READABLE_VERSIONS:
         raise BitstreamError(
             f"unsupported bitstream version {version} (this decoder reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}: a newer coolchic wrote it)"
+            f"{', '.join(map(str, sorted(READABLE_VERSIONS)))}: a newer coolchic wrote it)"
         )
     return version
 
@@ -156,8 +164,8 @@ def check_magic(data: bytes, n_bytes: Optional[int] = None) -> int:
 def check_image_magic(data: bytes, n_bytes: Optional[int] = None) -> int:
     """:func:`check_magic` for an image file; a sequence file is refused by name."""
     version = check_magic(data, n_bytes)
-    if version == SEQUENCE_VERSION:
-        raise BitstreamError("this file holds a video sequence (format version 2): decode it with decode_video "
+    if version in SEQUENCE_VERSIONS:
+        raise BitstreamError(f"this file holds a video sequence (format version {version}): decode it with decode_video "
                              "(coolchic-decode writes all its frames)")
     return version
 
@@ -194,8 +202,9 @@ def _read_header(r: _Reader, version: int, max_pixels: Optional[int], inter: boo
     pre_k = r.varint("pre-concatenation kernel size", 0, 64)
     flags = r.byte("flags")
     fin = (flags >> 4) & 0x03
-    if fin >= len(FINAL_UPSAMPLING_TYPES) or flags & 0xC0:
-        raise BitstreamError(f"invalid flags byte 0x{flags:02x}")
+    reserved = 0x80 if version in IFCE_STACK_VERSIONS else 0xC0
+    if fin >= len(FINAL_UPSAMPLING_TYPES) or flags & reserved:
+        raise BitstreamError(f"invalid flags byte 0x{flags:02x} (format version {version})")
     seed = r.varint("common randomness seed") if flags & 4 else 0
     n_layers = r.varint("number of synthesis layers", 1, MAX_SYNTH_LAYERS)
     fields = []
@@ -224,6 +233,7 @@ def _read_header(r: _Reader, version: int, max_pixels: Optional[int], inter: boo
             linear_stabiliser_arm=bool(flags & 1),
             ifce_resolution=ifce,
             output_feature_ifce=nf,
+            ifce_stack=bool(flags & FLAG_IFCE_STACK),
             ups_k_size=ups_k,
             ups_preconcat_k_size=pre_k,
             static_upsampling_kernel=bool(flags & 8),
@@ -284,7 +294,7 @@ def check_file_start(data: bytes, n_bytes: int, max_pixels: Optional[int] = DEFA
     whole only when small (its error is then the reader's own, a CRC
     mismatch for a corrupted file), refused unread otherwise.
     """
-    if check_magic(data, n_bytes) == SEQUENCE_VERSION:
+    if check_magic(data, n_bytes) in SEQUENCE_VERSIONS:
         from .sequence import check_sequence_start
 
         return check_sequence_start(data, n_bytes, max_pixels, max_memory)

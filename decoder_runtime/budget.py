@@ -248,7 +248,7 @@ def estimate_memory(arch: DecoderArch, n_bytes: int = 0, stripe_rows: Optional[i
     # worth at level 0).
     n_sub_rows = 4 * 64  # at most 64 substreams, 4 border rows each
     lat_stage = decoded + max(8 * (g.h + n_sub_rows) * (g.w + 8) for g in grids) + 2 * max(
-        8 * arch.ifce_features * g.h * g.w for g in grids
+        8 * arch.ifce_features * g.h * g.w + 4 * len(g.ifce_stack) * g.h * g.w for g in grids
     )
     _, widest = _walk_graph(arch, stripe_rows)
     tile_rows = tile_rows_for(arch, TILE_GRAPH_BUDGET)

@@ -191,14 +191,14 @@ def _check_output(path: str) -> None:
 
 
 def _is_sequence(path: str) -> bool:
-    from .bitstream import MAGIC, SEQUENCE_VERSION
+    from .bitstream import MAGIC, SEQUENCE_VERSIONS
 
     try:
         with open(path, "rb") as f:
             start = f.read(len(MAGIC) + 1)
     except OSError:
         return False  # decode() reports it
-    return start == MAGIC + bytes([SEQUENCE_VERSION])
+    return start[: len(MAGIC)] == MAGIC and start[len(MAGIC):] in [bytes([v]) for v in SEQUENCE_VERSIONS]
 
 
 def _decode_sequence(args) -> int:

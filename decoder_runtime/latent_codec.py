@@ -512,14 +512,34 @@ def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.nda
     canon = np.zeros(n_rows, dtype=np.int32)
     if grid.ifce_source < 0 or arm.n_ifce == 0:
         return GridFeatures(np.zeros((n_rows, 1, 1), dtype=np.int32), 0, canon, 0)
-    src_grid = arch.coded_grids()[grid.ifce_source]
+    grids = arch.coded_grids()
+    src_grid = grids[grid.ifce_source]
     src = decoded[grid.ifce_source]
+    w, b = arm.ifce_layer(sum(1 for g in grids[: grid.index] if g.ifce_source >= 0))
+    extra = ifce_extra_planes(grids, src_grid, grid.ifce_stack, decoded)
     feat = np.zeros((n_rows, *src.shape), dtype=np.int32)
-    top = ifce_forward(src, arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, feat)
+    top = ifce_forward(src, extra, w, b, arm.shift_ifce, arm.n_ifce, feat)
     zero = np.zeros((n_rows, 1, 1), dtype=np.int32)
-    top0 = ifce_forward(np.zeros((1, 1), dtype=np.int32), arm.w_ifce, arm.b_ifce, arm.shift_ifce, arm.n_ifce, zero)
+    top0 = ifce_forward(np.zeros((1, 1), dtype=np.int32), np.zeros((len(grid.ifce_stack), 1, 1), dtype=np.int32),
+                        w, b, arm.shift_ifce, arm.n_ifce, zero)
     canon[:] = zero[:, 0, 0]
     return GridFeatures(feat, src_grid.level - grid.level, canon, max(int(top), int(top0)))
+
+
+def ifce_extra_planes(grids, src_grid, stack: Sequence[int], decoded: Sequence[np.ndarray]) -> np.ndarray:
+    """int32 [E, sh, sw]: for each grid j of ``stack``, its value at the source
+    pixel's position, ``grid_j[y >> (l_j - l_s), x >> (l_j - l_s)]`` (``arch.ifce_stack``).
+
+    Grid sizes are ceilings (``ceil(ceil(H / 2^a) / 2^k) = ceil(H / 2^(a+k))``), so
+    grid j repeated ``2^k`` times along each axis covers the source: a crop,
+    never a clamp (and 5x faster than fancy indexing at 256x384).
+    """
+    sh, sw = src_grid.h, src_grid.w
+    extra = np.empty((len(stack), sh, sw), dtype=np.int32)
+    for e, j in enumerate(stack):
+        f = 1 << (grids[j].level - src_grid.level)
+        extra[e] = np.repeat(np.repeat(decoded[j], f, axis=0)[:sh], f, axis=1)[:, :sw]
+    return extra
 
 
 def context_arrays(arch: DecoderArch) -> Context:

@@ -62,8 +62,8 @@ def precompile() -> List[Tuple[str, str]]:
         except CoolChicError:
             pass
     # The IFCE features (the tiny arch has none), with grid_features's argument types.
-    ifce_forward(np.zeros((1, 1), np.int32), np.zeros((1, 9), np.int64), np.zeros(1, np.int64), 0, 1,
-                 np.zeros((1, 1, 1), np.int32))
+    ifce_forward(np.zeros((1, 1), np.int32), np.zeros((0, 1, 1), np.int32), np.zeros((1, 9), np.int64),
+                 np.zeros(1, np.int64), 0, 1, np.zeros((1, 1, 1), np.int32))
     # The parameter reader of sections beyond PY_READER_MAX_VALUES values, with
     # read_network_params's argument types (a bytes section, so read-only).
     n = PY_READER_MAX_VALUES + 1

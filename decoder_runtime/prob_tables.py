@@ -121,7 +121,7 @@ class ProbTables:
     half_width: np.ndarray  # int64 [N_SCALE]
 
 
-# The tables are part of the format: version 1 decoders all use these bytes.
+# The tables are part of the format: decoders of every version use these bytes.
 TABLES_SHA256 = "34ff9401f1affa91300683fe5d7e4e9d1acfb943128942a97b57ccb7a6fd97ed"
 
 

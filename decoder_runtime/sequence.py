@@ -1,6 +1,6 @@
-"""Sequence files (format version 2): reading the frames of a video.
+"""Sequence files (format version 4, and 2 before it): reading the frames of a video.
 
-Layout (docs/bitstream.md, "Sequence files"): magic ``Cc``, version 2, the
+Layout (docs/bitstream.md, "Sequence files"): magic ``Cc``, version 4 (or 2), the
 sequence header (size, format, frame count, frame rate) and its CRC-32, then
 one section per frame in decoding order, each ``varint length`` + body. A
 body holds the frame's display index, type and references, then an image
@@ -21,7 +21,7 @@ from .arch import FRAME_DATA_TYPES, FRAME_TYPES, MAX_IMAGE_SIDE, N_REFERENCES
 from .bitstream import (
     HEADER_PEEK,
     MAGIC,
-    SEQUENCE_VERSION,
+    SEQUENCE_VERSIONS,
     Bitstream,
     _read_header,
     _Reader,
@@ -48,6 +48,7 @@ class SequenceHeader:
     n_frames: int
     fps: Optional[Tuple[int, int]]  # numerator, denominator; None when not known
     n_bytes: int  # magic to the header's CRC, included
+    version: int = 4  # format version (bitstream.SEQUENCE_VERSIONS): what the frames' headers may hold
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class FrameEntry:
 
 
 def _read_sequence_header(data: bytes, max_pixels: Optional[int]) -> SequenceHeader:
-    if check_magic(data) != SEQUENCE_VERSION:
+    version = check_magic(data)
+    if version not in SEQUENCE_VERSIONS:
         raise BitstreamError("this file holds one image, not a video sequence: decode it with decode")
     r = _Reader(data, len(data))
     r.pos = len(MAGIC) + 1
@@ -83,7 +85,7 @@ def _read_sequence_header(data: bytes, max_pixels: Optional[int]) -> SequenceHea
     fdt = FRAME_DATA_TYPES[(fmt >> 4) & 3]
     if fdt == "yuv420" and (h % 2 or w % 2):
         raise BitstreamError(f"a yuv420 sequence needs an even size, the header says {h}x{w}")
-    return SequenceHeader(h, w, fdt, (fmt & 0x0F) + 8, n, (num, den) if num else None, r.pos + 4)
+    return SequenceHeader(h, w, fdt, (fmt & 0x0F) + 8, n, (num, den) if num else None, r.pos + 4, version)
 
 
 def read_sequence_header(data: bytes, max_pixels: Optional[int] = None) -> SequenceHeader:
@@ -145,7 +147,7 @@ def index_sequence_file(f, max_pixels: Optional[int] = None) -> Tuple[SequenceHe
             e = frame_entry(peek, 0, len(peek), header.n_frames, k)
             r = _Reader(peek, len(peek))
             r.pos = e.header_start
-            image = _read_header(r, SEQUENCE_VERSION, max_pixels, inter=True)
+            image = _read_header(r, header.version, max_pixels, inter=True)
         except BitstreamError as err:
             if len(peek) < min(length, HEADER_PEEK):
                 raise short from None
@@ -213,7 +215,7 @@ def read_sequence_frame(data: bytes, header: SequenceHeader, entry: FrameEntry,
     r = _Reader(data, entry.end - 4)
     r.pos = entry.header_start
     try:
-        bs = read_frame_body(r, SEQUENCE_VERSION, None, max_memory, inter=True)
+        bs = read_frame_body(r, header.version, None, max_memory, inter=True)
     except ResourceLimitError:
         raise
     except BitstreamError as e:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ class ArmIndices:
     grid_starts: Tuple[int, ...]  # offset of each coded grid in the flat vector
     u_index: Tensor  # (N * D,) position in src of each ARM input
     grad_index: Tensor  # (N * C,) position in the padded flat grad of u, per (value, c)
-    ifce_input_index: Optional[Tensor]  # (n_ifce_src * 9,) position in the flat latents
+    ifce_input_index: Optional[Tuple[Tensor, ...]]  # positions in the flat latents (ifce_table_index)
     ifce_src_rows: Optional[Tensor]  # rows of u fed by the IFCE (int64)
     ifce_src_pixels: Optional[Tensor]  # for each such row, its source pixel in the IFCE table
     n_ifce_src: int
@@ -60,8 +60,11 @@ def grid_starts(arch: DecoderArch) -> List[int]:
 def ifce_table_index(arch: DecoderArch, starts: List[int]):
     """``(index, blocks, rows)`` of the IFCE table: one block of rows per grid that has
     an IFCE source, one row per pixel of that source, fed by its 3x3 patch (edges
-    replicated). ``index`` (rows * 9,) points into the flat latents (None without
-    IFCE); ``blocks[g.index]`` is the first row of grid g's block.
+    replicated) then, with ``arch.ifce_stack``, by the value of every grid decoded
+    before the source at that pixel's position. ``index`` is a tuple of flat-latent
+    positions: one tensor per block (rows x width) with ``ifce_stack``, else one
+    tensor for all blocks (their weights are shared); None without IFCE.
+    ``blocks[g.index]`` is the first row of grid g's block.
     """
     grids = arch.coded_grids()
     blocks: Dict[int, int] = {}
@@ -81,9 +84,17 @@ def ifce_table_index(arch: DecoderArch, starts: List[int]):
                     ry = (yy + dy).clamp(0, sg.h - 1)
                     rx = (xx + dx).clamp(0, sg.w - 1)
                     taps.append((starts[sg.index] + ry[:, None] * sg.w + rx[None, :]).reshape(-1))
+            for j in g.ifce_stack:
+                og = grids[j]
+                k = og.level - sg.level
+                ry = (yy >> k).clamp(max=og.h - 1)
+                rx = (xx >> k).clamp(max=og.w - 1)
+                taps.append((starts[og.index] + ry[:, None] * og.w + rx[None, :]).reshape(-1))
             taps_all.append(torch.stack(taps, dim=1).reshape(-1))
             n_src += sg.h * sg.w
-    return (torch.cat(taps_all) if taps_all else None), blocks, n_src
+    if not taps_all:
+        return None, blocks, 0
+    return (tuple(taps_all) if arch.ifce_stack else (torch.cat(taps_all),)), blocks, n_src
 
 
 @functools.lru_cache(maxsize=4)
@@ -147,7 +158,7 @@ def build_arm_indices(arch: DecoderArch, n_substreams: int = 1) -> ArmIndices:
         grid_starts=tuple(starts),
         u_index=u_index,
         grad_index=grad_index,
-        ifce_input_index=ifce_in.to(idx_dtype) if ifce_in is not None else None,
+        ifce_input_index=tuple(t.to(idx_dtype) for t in ifce_in) if ifce_in is not None else None,
         ifce_src_rows=torch.cat(f_rows) if f_rows else None,
         ifce_src_pixels=torch.cat(f_pix) if f_pix else None,
         n_ifce_src=n_src,
@@ -178,22 +189,60 @@ class _GatherArmInput(torch.autograd.Function):
 
 
 class Ifce(nn.Module):
-    """Inter-feature context extractor: ``f = relu(W v + b)`` on 3x3 source patches."""
+    """Inter-feature context extractor: ``f = relu(W v + b)``, ``v`` a source pixel's
+    3x3 patch (then, with ``ifce_stack``, the co-located values of the coarser grids).
 
-    def __init__(self, n_features: int):
+    Without ``ifce_stack`` one (W, b) serves every grid (``ifce.weight``); with it,
+    each grid that has an IFCE has its own (``ifce.<k>.weight``, k-th such grid in
+    decoding order), ``widths[k]`` inputs wide.
+    """
+
+    def __init__(self, n_features: int, widths: Optional[Sequence[int]] = None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_features, 9))
-        self.bias = nn.Parameter(torch.empty(n_features))
+        self.stacked = widths is not None
+        if self.stacked:
+            for k, w in enumerate(widths):
+                self.add_module(str(k), _IfceLayer(n_features, w))
+        else:
+            self.weight = nn.Parameter(torch.empty(n_features, 9))
+            self.bias = nn.Parameter(torch.empty(n_features))
         self.reinitialize_parameters()
+
+    @classmethod
+    def for_arch(cls, arch: DecoderArch) -> "Ifce":
+        if not arch.ifce_stack:
+            return cls(arch.ifce_features)
+        return cls(arch.ifce_features, [9 + len(g.ifce_stack) for g in arch.coded_grids() if g.ifce_source >= 0])
+
+    def reinitialize_parameters(self) -> None:
+        if self.stacked:
+            for layer in self.children():
+                layer.reinitialize_parameters()
+        else:
+            init_linear_weight_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, flat: Tensor, index: Tuple[Tensor, ...], n_rows: int) -> Tensor:
+        """The IFCE table (n_rows, F) of the flat latents (``index``: see :func:`ifce_table_index`)."""
+        if not self.stacked:
+            v = flat.index_select(0, index[0]).view(n_rows, 9)
+            return torch.relu(F.linear(v, self.weight, self.bias))
+        outs = []
+        for layer, ix in zip(self.children(), index):
+            v = flat.index_select(0, ix).view(-1, layer.weight.shape[1])
+            outs.append(torch.relu(F.linear(v, layer.weight, layer.bias)))
+        return torch.cat(outs)
+
+
+class _IfceLayer(nn.Module):
+    def __init__(self, n_features: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_features, width))
+        self.bias = nn.Parameter(torch.empty(n_features))
 
     def reinitialize_parameters(self) -> None:
         init_linear_weight_(self.weight)
         nn.init.zeros_(self.bias)
-
-    def forward(self, flat: Tensor, index: Tensor, n_rows: int) -> Tensor:
-        """The IFCE table (n_rows, F) of the flat latents (``index``: see :func:`ifce_table_index`)."""
-        v = flat.index_select(0, index).view(n_rows, 9)
-        return torch.relu(F.linear(v, self.weight, self.bias))
 
 
 def _use_onednn(x: Tensor) -> bool:

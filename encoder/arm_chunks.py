@@ -92,7 +92,8 @@ class ArmChunks:
 
         chunks = tuple(ArmChunk(c.start, c.stop, c.ctx_start, c.ctx_len, c.feat_start, c.feat_stop, pat(c.pattern))
                        for c in self.chunks)
-        return ArmChunks(self.n, chunks, mv(self.ifce_input_index), self.n_ifce_rows)
+        ifce_in = None if self.ifce_input_index is None else tuple(mv(t) for t in self.ifce_input_index)
+        return ArmChunks(self.n, chunks, ifce_in, self.n_ifce_rows)
 
 
 def _pattern(arch: DecoderArch, g, r0: int, r1: int, c0: int, sa: int, f0: int) -> ChunkPattern:

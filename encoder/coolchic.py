@@ -66,6 +66,7 @@ class CoolChicEncoderParameter:
     ups_preconcat_k_size: int = 7
     ifce_resolution: Optional[Tuple[int, int]] = None
     output_feature_ifce: int = 0
+    ifce_stack: bool = False
     spatial_context_arm: int = 16
     linear_stabiliser_arm: bool = False
     n_hidden_layers_arm: int = 2
@@ -112,6 +113,7 @@ class CoolChicEncoderParameter:
             linear_stabiliser_arm=bool(self.linear_stabiliser_arm),
             ifce_resolution=ifce,
             output_feature_ifce=self.output_feature_ifce if ifce is not None else 0,
+            ifce_stack=bool(self.ifce_stack) and ifce is not None,
             ups_k_size=self.ups_k_size,
             ups_preconcat_k_size=self.ups_preconcat_k_size,
             static_upsampling_kernel=bool(self.static_upsampling_kernel),
@@ -174,7 +176,7 @@ class CoolChicEncoder(nn.Module):
 
         self.arm = ArmMLP(arch.spatial_context_arm, arch.arm_input_dim, arch.n_hidden_layers_arm,
                           arch.linear_stabiliser_arm)
-        self.ifce = Ifce(arch.ifce_features) if arch.ifce_features else None
+        self.ifce = Ifce.for_arch(arch) if arch.ifce_features else None
         self.upsampling = Upsampling(arch.n_latent_grids, arch.ups_k_size, arch.ups_preconcat_k_size,
                                      arch.static_upsampling_kernel)
         self.synthesis = Synthesis(arch.synthesis_in_channels, arch.layers_synthesis, arch.n_out,

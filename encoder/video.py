@@ -1,4 +1,4 @@
-"""Video coding: a sequence of frames into one sequence file (format version 2).
+"""Video coding: a sequence of frames into one sequence file (format version 4).
 
 Frames are coded one after the other in decoding order
 (``decoder_runtime.coding_structure``). Each one overfits its own Cool-chic

@@ -23,7 +23,7 @@ from coolchic.decoder_runtime.arch import (
     param_layout,
 )
 from coolchic.decoder_runtime.arm_int import build_int_arm
-from coolchic.decoder_runtime.bitstream import IMAGE_VERSION, MAGIC, MAX_SUBSTREAMS, read_bitstream
+from coolchic.decoder_runtime.bitstream import FLAG_IFCE_STACK, IMAGE_VERSION, MAGIC, MAX_SUBSTREAMS, read_bitstream
 from coolchic.decoder_runtime.errors import BitstreamError, EncodeError
 from coolchic.decoder_runtime.expgolomb import COUNT_BITS, MAX_ABS_VALUE, MAX_COUNT, MAX_SHIFT, SHIFT_BITS, module_kinds
 from coolchic.decoder_runtime.latent_codec import decode_latent_grids
@@ -117,6 +117,7 @@ def encode_arch_header(arch: DecoderArch, n_substreams: int) -> bytes:
         | int(a.flag_common_randomness) << 2
         | int(a.static_upsampling_kernel) << 3
         | FINAL_UPSAMPLING_TYPES.index(a.final_upsampling_type) << 4
+        | (FLAG_IFCE_STACK if a.ifce_stack else 0)
     )
     out.append(flags)
     if a.flag_common_randomness:

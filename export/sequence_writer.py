@@ -1,4 +1,4 @@
-"""Sequence files (format version 2): the writing twin of
+"""Sequence files (format version 4): the writing twin of
 ``decoder_runtime/sequence.py``, which gives the layout.
 
 A frame section is written by :func:`write_sequence_frame` as soon as its

@@ -6,7 +6,7 @@
 Hypothesis drives the mutation operators of :mod:`fuzz.mutator` (header
 fields, architectures with a matching parameter section, parameter sections,
 substreams, framing; CRC recomputed) on seed bitstreams that cover the
-format's options (and ``tests/data/golden_v1.cool``). Every mutant goes
+format's options (and ``tests/data/golden_v1.cool``, ``golden_v3.cool``). Every mutant goes
 through ``decode()`` with small limits (``--max-pixels``, ``--max-memory``) so
 that each decode stays short; the expected outcomes are a decoded image or a
 :class:`~decoder_runtime.errors.CoolChicError` subclass.
@@ -88,9 +88,10 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = seed_bitstreams()
-    golden = REPO / "tests" / "data" / "golden_v1.cool"
-    if golden.exists():
-        seeds["golden_v1"] = golden.read_bytes()
+    for name in ("golden_v1", "golden_v3"):  # the v3 file has the stacked IFCE
+        golden = REPO / "tests" / "data" / f"{name}.cool"
+        if golden.exists():
+            seeds[name] = golden.read_bytes()
     names = sorted(seeds)
     for name in names:  # every seed decodes: the mutants start from sound files
         decoder_runtime.decode(seeds[name], max_pixels=args.max_pixels, max_memory=args.max_memory)

@@ -198,6 +198,7 @@ def arch_of_fields(fields: Sequence[Field]) -> DecoderArch:
         linear_stabiliser_arm=bool(flags & 1),
         ifce_resolution=(v["ifce"] - 1, v["ifce hi"]) if v.get("ifce") else None,
         output_feature_ifce=v.get("ifce features", 0) if v.get("ifce") else 0,
+        ifce_stack=bool(flags & 0x40),
         ups_k_size=v["ups kernel"],
         ups_preconcat_k_size=v["preconcat kernel"],
         static_upsampling_kernel=bool(flags & 8),
@@ -229,7 +230,8 @@ def fields_of_arch(a: DecoderArch, n_sub: int) -> List[Field]:
         out += [Field("ifce", "varint", a.ifce_resolution[0] + 1), Field("ifce hi", "varint", a.ifce_resolution[1]),
                 Field("ifce features", "varint", a.output_feature_ifce)]
     flags = (int(a.linear_stabiliser_arm) | int(a.linear_stabiliser_synth) << 1 | int(a.flag_common_randomness) << 2
-             | int(a.static_upsampling_kernel) << 3 | fins.index(a.final_upsampling_type) << 4)
+             | int(a.static_upsampling_kernel) << 3 | fins.index(a.final_upsampling_type) << 4
+             | int(a.ifce_stack) << 6)
     out += [Field("ups kernel", "varint", a.ups_k_size), Field("preconcat kernel", "varint", a.ups_preconcat_k_size),
             Field("flags", "u8", flags)]
     if a.flag_common_randomness:
@@ -614,6 +616,9 @@ def seed_archs() -> Dict[str, DecoderArch]:
                                       layers_synthesis=layers("4-9-linear-relu,X-1-linear-none")),
         "stripes_70rows": DecoderArch(img_size=(70, 12), latent_resolution=(0, 2), ifce_resolution=(0, 0),
                                       output_feature_ifce=1, layers_synthesis=layers(mop)),
+        "ifce_stack_hyper": DecoderArch(img_size=(24, 40), latent_resolution=(0, 3), hyper_latent_resolution=(1, 3),
+                                        ifce_resolution=(0, 2), output_feature_ifce=3, ifce_stack=True,
+                                        layers_synthesis=layers(mop)),
     }
 
 

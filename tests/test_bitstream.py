@@ -11,7 +11,7 @@ import pytest
 
 from coolchic import decoder_runtime
 from coolchic.decoder_runtime.arch import DecoderArch, SynthesisLayer, parse_synthesis_layer
-from coolchic.decoder_runtime.bitstream import read_bitstream
+from coolchic.decoder_runtime.bitstream import IMAGE_VERSION, read_bitstream
 from coolchic.decoder_runtime.errors import BitstreamError, ConfigError, CoolChicError, EncodeError
 from coolchic.decoder_runtime.expgolomb import exp_golomb_nbits, read_network_params
 from coolchic.decoder_runtime.latent_codec import decode_latents
@@ -43,7 +43,7 @@ def written(small_arch):
 def test_roundtrip(written):
     arch, q, shifts, expgol, latents, wb = written
     bs = read_bitstream(wb.data)
-    assert bs.arch == arch and bs.frame_type == "I" and bs.version == 1
+    assert bs.arch == arch and bs.frame_type == "I" and bs.version == IMAGE_VERSION == 3
     assert dict(bs.shifts) == shifts and dict(bs.expgol) == expgol
     for name, v in q.items():
         np.testing.assert_array_equal(bs.q_params[name], v)

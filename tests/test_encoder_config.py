@@ -153,3 +153,20 @@ def test_encoder_preset_options_and_old_spellings(tmp_path):
     g.write_text("final_quantizer = softround\n")
     with pytest.raises(ConfigError, match="final_quantizer"):
         load_encoder_preset(str(g))
+
+
+@pytest.mark.parametrize("golden", ["golden_v1.cool", "golden_v3.cool"])
+def test_decoder_options_rebuild_the_architecture_of_a_file(golden):
+    """``decoder_options`` (the Pillow plugin's ``dec_cfg``) given back to the
+    encoder rebuilds the file's architecture, the stacked IFCE included."""
+    from pathlib import Path
+
+    from coolchic.decoder_runtime.arch import decoder_options
+    from coolchic.decoder_runtime.bitstream import read_bitstream
+
+    arch = read_bitstream((Path(__file__).parent / "data" / golden).read_bytes()).arch
+    opts = decoder_options(arch)
+    assert opts["ifce_stack"] == str(arch.ifce_stack).lower()
+    param = decoder_config_to_param({}, opts, arch.img_size)
+    rebuilt = param.to_arch(arch.frame_data_type, arch.bitdepth, arch.frame_type)
+    assert rebuilt == arch

@@ -61,6 +61,11 @@ def test_named_transmitted_params_follow_param_layout():
               linear_stabiliser_arm=True, linear_stabiliser_synth=True)
     names = list(cc.named_transmitted_params())
     assert names == [s.name for s in param_layout(cc.arch)]
+    stacked = make(hyper_latent_resolution=(3, 4), ifce_resolution=(0, 2), output_feature_ifce=4, ifce_stack=True)
+    ifce = {n: tuple(p.shape) for n, p in stacked.named_transmitted_params("ifce").items()}
+    # Grids in decoding order: hyper 4, latent 4, hyper 3, latent 3, then latents 2, 1, 0 with an IFCE each.
+    assert ifce == {"ifce.0.weight": (4, 9 + 3), "ifce.0.bias": (4,), "ifce.1.weight": (4, 9 + 4),
+                    "ifce.1.bias": (4,), "ifce.2.weight": (4, 9 + 5), "ifce.2.bias": (4,)}
     assert names[:2] == ["arm.mlp.0.weight", "arm.mlp.0.bias"]
     assert "upsampling.tconv.0.weight" in names and "upsampling.preconcat.3.weight" in names
     static = make(static_upsampling_kernel=True)
@@ -95,7 +100,15 @@ def reference_arm(cc, flat, n_substreams=1):
                         sy, sx = min(i >> k, src.shape[0] - 1), min(j >> k, src.shape[1] - 1)
                         v = [src[min(max(sy + a, 0), src.shape[0] - 1), min(max(sx + b, 0), src.shape[1] - 1)]
                              for a in (-1, 0, 1) for b in (-1, 0, 1)]
-                        feat = list(np.maximum(ws["ifce.weight"] @ np.array(v) + ws["ifce.bias"], 0))
+                        name = "ifce"
+                        if arch.ifce_stack:  # then each coarser grid's value at the source pixel
+                            sl = arch.coded_grids()[cg.ifce_source].level
+                            for jg in cg.ifce_stack:
+                                og, d = grids[jg], arch.coded_grids()[jg].level - sl
+                                v.append(og[min(sy >> d, og.shape[0] - 1), min(sx >> d, og.shape[1] - 1)])
+                            k_ifce = sum(1 for q in arch.coded_grids()[: cg.index] if q.ifce_source >= 0)
+                            name = f"ifce.{k_ifce}"
+                        feat = list(np.maximum(ws[f"{name}.weight"] @ np.array(v) + ws[f"{name}.bias"], 0))
                     else:
                         feat = [0.0] * arch.ifce_features
                 u = np.array(ctx + feat)
@@ -118,6 +131,8 @@ def reference_arm(cc, flat, n_substreams=1):
           linear_stabiliser_arm=True), 1),
     (dict(spatial_context_arm=24, n_hidden_layers_arm=0, ifce_resolution=(1, 3), output_feature_ifce=2), 1),
     (dict(spatial_context_arm=16, ifce_resolution=(0, 2), output_feature_ifce=3), 3),
+    (dict(spatial_context_arm=16, hyper_latent_resolution=(1, 2), ifce_resolution=(0, 3), output_feature_ifce=3,
+          ifce_stack=True), 2),
 ])
 def test_arm_matches_per_pixel_reference(kw, n_substreams):
     cc = make(9, 13, **kw)

@@ -43,6 +43,7 @@ def _grads(cc):
 
 @pytest.mark.parametrize("h,w,fdt,kw,n_substreams,rows,chunk", [
     (100, 72, "rgb", RICH, 2, 16, 300),
+    (100, 72, "rgb", dict(RICH, ifce_stack=True), 2, 16, 300),
     (96, 64, "yuv420", dict(ifce_resolution=(0, 2), output_feature_ifce=4), 1, 32, 1000),
     (70, 50, "rgb", {}, 3, 16, 50),
 ])

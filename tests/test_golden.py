@@ -2,14 +2,16 @@
 
 A failure here means the format or the integer model changed: old files would
 no longer decode to the same image.  That needs a new IMAGE_VERSION (or
-SEQUENCE_VERSION, for golden_v2_ipb.cool) and new golden files, never a silent
-update.
+SEQUENCE_VERSION, for the sequence files) and new golden files, never a silent
+update. The files of earlier versions stay: they must still decode.
 """
 
 import hashlib
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from coolchic.decoder_runtime.bitstream import read_bitstream
 from coolchic.decoder_runtime.latent_codec import decode_latents
@@ -17,24 +19,35 @@ from coolchic.export.bitstream_writer import write_bitstream
 
 from conftest import make_arch, random_int_model
 
-GOLDEN = Path(__file__).parent / "data" / "golden_v1.cool"
+GOLDEN_V1 = Path(__file__).parent / "data" / "golden_v1.cool"
 LATENTS_SHA256 = "11fe27b143e1a8dc4faeb982888b3baca2c899d442795b5293e29fb49f6f3afc"
 PARAMS_SHA256 = "7bd060ed314e45ff6b4bcb907b8a79838d803890456f57eb6720a3be2a1fd800"
+# Version 3: the same model with the stacked IFCE (arch.ifce_stack).
+GOLDEN = Path(__file__).parent / "data" / "golden_v3.cool"
+LATENTS_V3_SHA256 = "2020a954a36b851044e5548bd6c20899a5a6b0d245a3e77fd07b5048c490cd5a"
+PARAMS_V3_SHA256 = "381b9a4fa2f5491fdfdc2729ed8a2ee2c60aa47d23638caf553b0efc9dcbffaa"
 
 
-def golden_model():
+def golden_model(ifce_stack: bool = True):
     arch = make_arch(
         size=(20, 36),
         spatial_context_arm=16,
         n_hidden_layers_arm=2,
         ifce_resolution=(0, 1),
         output_feature_ifce=2,
+        ifce_stack=ifce_stack,
         linear_stabiliser_arm=True,
         hyper_latent_resolution=(3, 3),
         flag_common_randomness=True,
         common_randomness_seed=2024,
     )
     return arch, random_int_model(arch, seed=11)
+
+
+def _as_version(data: bytes, version: int) -> bytes:
+    """``data`` with another version byte, and its CRC made right."""
+    body = data[:2] + bytes([version]) + data[3:-4]
+    return body + zlib.crc32(body).to_bytes(4, "little")
 
 
 def _hash(arrays):
@@ -46,8 +59,9 @@ def _hash(arrays):
 
 def test_golden_bitstream_decodes_to_pinned_latents():
     bs = read_bitstream(GOLDEN.read_bytes())
-    assert _hash(decode_latents(bs)) == LATENTS_SHA256
-    assert _hash(bs.q_params[k] for k in sorted(bs.q_params)) == PARAMS_SHA256
+    assert bs.version == 3 and bs.arch.ifce_stack
+    assert _hash(decode_latents(bs)) == LATENTS_V3_SHA256
+    assert _hash(bs.q_params[k] for k in sorted(bs.q_params)) == PARAMS_V3_SHA256
 
 
 def test_encoder_reproduces_golden_bytes():
@@ -56,8 +70,31 @@ def test_encoder_reproduces_golden_bytes():
     assert wb.data == GOLDEN.read_bytes()
 
 
-# ---- sequence files (format version 2) ------------------------------------------
-GOLDEN_SEQUENCE = Path(__file__).parent / "data" / "golden_v2_ipb.cool"
+def test_version_1_golden_still_decodes_to_its_pinned_latents():
+    bs = read_bitstream(GOLDEN_V1.read_bytes())
+    assert bs.version == 1 and not bs.arch.ifce_stack
+    assert _hash(decode_latents(bs)) == LATENTS_SHA256
+    assert _hash(bs.q_params[k] for k in sorted(bs.q_params)) == PARAMS_SHA256
+
+
+def test_version_3_without_the_stacked_ifce_is_version_1_relabelled():
+    """Version 3 changed one thing: flag bit 6. A model without the stacked IFCE
+    writes version 1's bytes but for the version byte (and so the CRC)."""
+    arch, (q, shifts, expgol, latents) = golden_model(ifce_stack=False)
+    wb = write_bitstream(arch, q, shifts, expgol, latents, n_substreams=2)
+    assert wb.data[2] == 3 and _as_version(wb.data, 1) == GOLDEN_V1.read_bytes()
+
+
+def test_version_1_refuses_the_stacked_ifce_flag():
+    from coolchic.decoder_runtime.errors import BitstreamError
+
+    with pytest.raises(BitstreamError, match=r"invalid flags byte 0x6[0-9a-f] \(format version 1\)"):
+        read_bitstream(_as_version(GOLDEN.read_bytes(), 1))
+
+
+# ---- sequence files (format version 4; version 2 still decodes) --------------------
+GOLDEN_SEQUENCE = Path(__file__).parent / "data" / "golden_v4_ipb.cool"
+GOLDEN_SEQUENCE_V2 = Path(__file__).parent / "data" / "golden_v2_ipb.cool"
 SEQUENCE_STRUCTURE = ((0, "I", ()), (2, "P", (0,)), (1, "B", (0, 2)))  # decoding order
 # Per frame, in decoding order: sha256 of the decoded latents, then of the parameters.
 SEQUENCE_SHA256 = {
@@ -88,10 +125,13 @@ def golden_sequence():
     return assemble_sequence(encode_sequence_header(16, 32, "yuv420", 8, 3, (25, 1)), sections)
 
 
-def test_golden_sequence_decodes_to_pinned_latents():
+@pytest.mark.parametrize("path", [GOLDEN_SEQUENCE, GOLDEN_SEQUENCE_V2], ids=["v4", "v2"])
+def test_golden_sequence_decodes_to_pinned_latents(path):
+    """Version 4 holds the same frames as version 2 (no stacked IFCE in them):
+    both decode to the same pinned latents."""
     from coolchic.decoder_runtime.sequence import index_sequence, read_sequence_frame
 
-    data = GOLDEN_SEQUENCE.read_bytes()
+    data = path.read_bytes()
     header, entries = index_sequence(data)
     assert (header.height, header.width, header.frame_data_type, header.bitdepth) == (16, 32, "yuv420", 8)
     assert header.n_frames == 3 and header.fps == (25, 1)

@@ -183,25 +183,49 @@ def test_roundtrip_without_an_int32_bound(small_arch, monkeypatch):
 
 def test_ifce_forward_matches_its_definition():
     """The IFCE kernel against its formula in plain int64 numpy: 3x3 taps on the
-    edge-replicated source, ``clamp((b + (S << FRAC) + half) >> shift, 0, ACT_MAX)``."""
+    edge-replicated source then the E extra planes (the stacked IFCE; E = 0 is
+    the version 1 form), ``clamp((b + (S << FRAC) + half) >> shift, 0, ACT_MAX)``."""
     rng = np.random.default_rng(7)
     for case in range(200):
         h, w = (int(v) for v in rng.integers(1, 10, 2))
         amp = int(rng.choice([2, 300, MAX_LATENT]))
         src = rng.integers(-amp, amp + 1, (h, w)).astype(np.int32)
+        n_extra = int(rng.choice([0, 1, 5, 25]))
+        extra = rng.integers(-amp, amp + 1, (n_extra, h, w)).astype(np.int32)
         f = int(rng.integers(1, 5))
-        wq = rng.integers(-(2 ** 15) + 1, 2 ** 15, (f, 9)).astype(np.int64) >> int(rng.integers(0, 15))
+        wq = rng.integers(-(2 ** 15) + 1, 2 ** 15, (f, 9 + n_extra)).astype(np.int64) >> int(rng.integers(0, 15))
         bq = rng.integers(-(2 ** 40), 2 ** 40, f).astype(np.int64)
         shift = int(rng.integers(0, 17))
         pad = np.pad(src.astype(np.int64), 1, mode="edge")
-        taps = np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])  # [9, h, w]
+        taps = np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+                        + list(extra.astype(np.int64)))  # [9 + E, h, w]
         s = np.einsum("ft,thw->fhw", wq, taps)
         half = (1 << (shift - 1)) if shift else 0
         want = np.clip((bq[:, None, None] + (s << FRAC) + half) >> shift, 0, ACT_MAX)
         out = np.full((f + 1, h, w), -5, np.int32)  # the row past F stays as it was
-        top = ifce_forward(src, wq, bq, shift, f, out)
+        top = ifce_forward(src, extra, wq, bq, shift, f, out)
         np.testing.assert_array_equal(out[:f], want, err_msg=f"case {case}")
         assert (out[f] == -5).all() and top == want.max()
+
+
+def test_ifce_extra_planes_read_the_coarser_grids_at_the_source_position():
+    """Stacked IFCE: for each grid decoded before the source, its value at
+    ``(y >> d, x >> d)``, d the level difference (hand-written for a 5x7 source)."""
+    from coolchic.decoder_runtime.latent_codec import ifce_extra_planes
+
+    arch = make_arch(size=(20, 28), latent_resolution=(0, 4), ifce_resolution=(0, 2), output_feature_ifce=2,
+                     ifce_stack=True)
+    grids = arch.coded_grids()
+    g = next(g for g in grids if g.level == 1)  # source: level 2, 5x7; stack: levels 4, 3
+    src = grids[g.ifce_source]
+    assert (src.level, src.h, src.w) == (2, 5, 7) and [grids[j].level for j in g.ifce_stack] == [4, 3]
+    decoded = [np.arange(q.h * q.w, dtype=np.int32).reshape(q.h, q.w) * 10 + q.index for q in grids]
+    extra = ifce_extra_planes(grids, src, g.ifce_stack, decoded)
+    lv4, lv3 = decoded[0], decoded[1]  # 2x2 and 3x4
+    assert lv4.shape == (2, 2) and lv3.shape == (3, 4)
+    np.testing.assert_array_equal(extra[0][:, 0], [lv4[0, 0]] * 4 + [lv4[1, 0]])
+    np.testing.assert_array_equal(extra[0][4], [lv4[1, 0]] * 4 + [lv4[1, 1]] * 3)
+    np.testing.assert_array_equal(extra[1][2], [lv3[1, 0], lv3[1, 0], lv3[1, 1], lv3[1, 1], lv3[1, 2], lv3[1, 2], lv3[1, 3]])
 
 
 def test_work_arrays_are_reused_only_when_small(small_arch, monkeypatch):

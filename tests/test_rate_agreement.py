@@ -19,11 +19,14 @@ from coolchic.export.latent_encoder import _grid_arm
 from test_encoder_training import image
 
 
-@pytest.fixture(scope="module")
-def trained():
+@pytest.fixture(scope="module", params=[{"ifce_stack": "false", "hyper_latent_resolution": "none"},
+                                        {"ifce_stack": "true", "hyper_latent_resolution": "2-3"}],
+                ids=["ifce", "stacked_ifce_hyper"])
+def trained(request):
     torch.set_num_threads(1)
     raw = image(48, 64, seed=3)
-    param = decoder_config_to_param(load_decoder_config("mop"), {"n_ft_per_res": "1,1,1,1"}, (48, 64))
+    param = decoder_config_to_param(load_decoder_config("mop"), {"n_ft_per_res": "1,1,1,1", **request.param},
+                                    (48, 64))
     res = encode_frame(raw, param, load_encoder_preset("debug"), 1e-3, num_threads=1)
     return res.frame_encoder
 

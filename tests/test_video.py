@@ -1,5 +1,5 @@
 """Video: motion compensation (encoder/inter.py and its runtime twin), sequence
-files (format version 2), the torch-free sequence decoder, and the CLIs."""
+files (format version 4), the torch-free sequence decoder, and the CLIs."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_motion_channels_are_in_sixteenths_of_a_pixel():
 # ---- sequence files --------------------------------------------------------------------
 def test_sequence_header_layout():
     got = encode_sequence_header(128, 224, "yuv420", 10, 3, (60, 1))
-    body = bytes([0x43, 0x63, 2, 127, 0xDF, 0x01, 0x12, 3, 60, 1])
+    body = bytes([0x43, 0x63, 4, 127, 0xDF, 0x01, 0x12, 3, 60, 1])
     import zlib
 
     assert got == body + zlib.crc32(body).to_bytes(4, "little")
