@@ -30,10 +30,13 @@ from rd_kodak import load_images, psnr  # noqa: E402
 
 
 def rate_vs_curve(curve_tsv: Path, image: str, bpp: float, psnr_db: float) -> float:
+    """Percent more bits than ``image``'s curve at ``psnr_db``; the curve is the
+    file's last run for that image (``rd_kodak.py`` appends a run per configuration)."""
     from scipy.interpolate import PchipInterpolator
 
-    pts = sorted((float(r["psnr_db"]), float(r["bpp"]))
-                 for r in csv.DictReader(curve_tsv.open(), delimiter="\t") if r["image"] == image)
+    rows = [r for r in csv.DictReader(curve_tsv.open(), delimiter="\t") if r["image"] == image]
+    last = rows[-1]["run"] if rows else None
+    pts = sorted((float(r["psnr_db"]), float(r["bpp"])) for r in rows if r["run"] == last)
     if len(pts) < 2:
         return float("nan")
     f = PchipInterpolator([p for p, _ in pts], np.log([b for _, b in pts]), extrapolate=True)

@@ -41,9 +41,9 @@ def module_macs(arch: DecoderArch) -> Dict[str, int]:
     macs = {"arm": arm_per_value * n_coded}
 
     nf = arch.ifce_features
-    # Computed once per pixel of the source grid (the coarser one): 9 + E inputs.
-    macs["ifce"] = sum((9 + len(g.ifce_stack)) * nf * grids[g.ifce_source].h * grids[g.ifce_source].w
-                       for g in grids if nf and g.ifce_source >= 0)
+    # Counted per pixel of the grid that reads the features (9 + E inputs each),
+    # as the reference counts them; the runtime computes them once per source pixel.
+    macs["ifce"] = sum((9 + len(g.ifce_stack)) * nf * g.h * g.w for g in grids if nf and g.ifce_source >= 0)
 
     sizes = arch.latent_grid_sizes()
     b = 2 if arch.flag_common_randomness else 1

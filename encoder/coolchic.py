@@ -67,6 +67,9 @@ class CoolChicEncoderParameter:
     ifce_resolution: Optional[Tuple[int, int]] = None
     output_feature_ifce: int = 0
     ifce_stack: bool = False
+    # The stacked IFCE and the hyper-latents only for images of at least this
+    # many pixels (None: always): below, their parameters cost about what they save.
+    stack_min_pixels: Optional[int] = None
     spatial_context_arm: int = 16
     linear_stabiliser_arm: bool = False
     n_hidden_layers_arm: int = 2
@@ -99,21 +102,26 @@ class CoolChicEncoderParameter:
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if frame_type not in FRAME_TYPES:
             raise ConfigError(f"frame_type must be one of {FRAME_TYPES}, got {frame_type!r}")
+        m = self.stack_min_pixels
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 0):
+            raise ConfigError(f"stack_min_pixels must be a pixel count or None, got {m!r}")
         n_out = n_output_channels(frame_data_type, frame_type)
         layers = tuple(parse_synthesis_layer(s, n_out) for s in self.layers_synthesis)
         ifce = _pair(self.ifce_resolution, "ifce_resolution")
+        h, w = _pair(self.img_size, "img_size")
+        small = self.stack_min_pixels is not None and h * w < self.stack_min_pixels
         return DecoderArch(
             img_size=_pair(self.img_size, "img_size"),
             frame_data_type=frame_data_type,
             bitdepth=bitdepth,
             latent_resolution=_pair(self.latent_resolution, "latent_resolution"),
-            hyper_latent_resolution=_pair(self.hyper_latent_resolution, "hyper_latent_resolution"),
+            hyper_latent_resolution=None if small else _pair(self.hyper_latent_resolution, "hyper_latent_resolution"),
             spatial_context_arm=self.spatial_context_arm,
             n_hidden_layers_arm=self.n_hidden_layers_arm,
             linear_stabiliser_arm=bool(self.linear_stabiliser_arm),
             ifce_resolution=ifce,
             output_feature_ifce=self.output_feature_ifce if ifce is not None else 0,
-            ifce_stack=bool(self.ifce_stack) and ifce is not None,
+            ifce_stack=bool(self.ifce_stack) and ifce is not None and not small,
             ups_k_size=self.ups_k_size,
             ups_preconcat_k_size=self.ups_preconcat_k_size,
             static_upsampling_kernel=bool(self.static_upsampling_kernel),

@@ -137,6 +137,7 @@ DECODER_OPTIONS: Dict[str, Callable[[str], Dict[str, Any]]] = {
     "ifce_resolution": _field("ifce_resolution", _range),
     "output_feature_ifce": _field("output_feature_ifce", _int),
     "ifce_stack": _field("ifce_stack", _bool),
+    "stack_min_pixels": _field("stack_min_pixels", lambda v: None if v.strip().lower() == "none" else _int(v)),
     "linear_stabiliser_arm": _field("linear_stabiliser_arm", _bool),
     "linear_stabiliser_synth": _field("linear_stabiliser_synth", _bool),
     "common_randomness": _field("flag_common_randomness", _bool),

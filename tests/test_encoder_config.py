@@ -170,3 +170,13 @@ def test_decoder_options_rebuild_the_architecture_of_a_file(golden):
     param = decoder_config_to_param({}, opts, arch.img_size)
     rebuilt = param.to_arch(arch.frame_data_type, arch.bitdepth, arch.frame_type)
     assert rebuilt == arch
+
+
+def test_stack_min_pixels_drops_the_stacked_ifce_and_hyper_latents_on_small_images():
+    opts = {"ifce_stack": "true", "hyper_latent_resolution": "4-6", "stack_min_pixels": "262144"}
+    small = decoder_config_to_param(load_decoder_config("mop"), opts, (256, 256)).to_arch()
+    large = decoder_config_to_param(load_decoder_config("mop"), opts, (512, 512)).to_arch()
+    assert (small.ifce_stack, small.hyper_latent_resolution) == (False, None)
+    assert (large.ifce_stack, large.hyper_latent_resolution) == (True, (4, 6))
+    with pytest.raises(ConfigError, match="stack_min_pixels"):
+        decoder_config_to_param(load_decoder_config("mop"), {"stack_min_pixels": "-1"}, (8, 8)).to_arch()
