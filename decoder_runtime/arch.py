@@ -247,6 +247,12 @@ def coded_grids(arch: DecoderArch) -> Tuple[CodedGrid, ...]:
     return tuple(out)
 
 
+def ifce_grids(arch: DecoderArch) -> Tuple[CodedGrid, ...]:
+    """The grids that have an IFCE, in decoding order: with ``ifce_stack`` the k-th
+    one owns the parameters ``ifce.<k>.weight`` and ``ifce.<k>.bias``."""
+    return tuple(g for g in arch.coded_grids() if g.ifce_source >= 0)
+
+
 def synthesis_latents(arch: DecoderArch, coded: Sequence) -> list:
     """The latent grids the synthesis reads (finest first), from values in
     ``coded_grids()`` order; hyper-latents only serve the entropy model."""
@@ -334,8 +340,7 @@ def param_layout(arch: DecoderArch) -> Tuple[ParamSpec, ...]:
     if arch.linear_stabiliser_arm:
         specs.append(ParamSpec("arm", "arm.stabiliser.weight", (2, d), "weight"))
     if arch.ifce_features and arch.ifce_stack:
-        blocks = [g for g in arch.coded_grids() if g.ifce_source >= 0]
-        for b, g in enumerate(blocks):
+        for b, g in enumerate(ifce_grids(arch)):
             specs.append(ParamSpec("ifce", f"ifce.{b}.weight", (arch.ifce_features, 9 + len(g.ifce_stack)), "weight"))
             specs.append(ParamSpec("ifce", f"ifce.{b}.bias", (arch.ifce_features,), "bias"))
     elif arch.ifce_features:

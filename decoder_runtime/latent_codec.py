@@ -36,7 +36,7 @@ from typing import List, NamedTuple, Sequence
 
 import numpy as np
 
-from .arch import DecoderArch, arm_context_offsets, stripe_bounds, wavefront_slope
+from .arch import DecoderArch, arm_context_offsets, ifce_grids, stripe_bounds, wavefront_slope
 from .arm_int import (
     FRAC,
     MAX_LATENT,
@@ -515,7 +515,7 @@ def grid_features(arch: DecoderArch, arm: IntArm, grid, decoded: Sequence[np.nda
     grids = arch.coded_grids()
     src_grid = grids[grid.ifce_source]
     src = decoded[grid.ifce_source]
-    w, b = arm.ifce_layer(sum(1 for g in grids[: grid.index] if g.ifce_source >= 0))
+    w, b = arm.ifce_layer([g.index for g in ifce_grids(arch)].index(grid.index))
     extra = ifce_extra_planes(grids, src_grid, grid.ifce_stack, decoded)
     feat = np.zeros((n_rows, *src.shape), dtype=np.int32)
     top = ifce_forward(src, extra, w, b, arm.shift_ifce, arm.n_ifce, feat)

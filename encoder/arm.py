@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coolchic.decoder_runtime.arch import DecoderArch, arm_context_offsets, stripe_bounds
+from coolchic.decoder_runtime.arch import DecoderArch, arm_context_offsets, ifce_grids, stripe_bounds
 
 from .init import init_linear_weight_
 
@@ -212,7 +212,7 @@ class Ifce(nn.Module):
     def for_arch(cls, arch: DecoderArch) -> "Ifce":
         if not arch.ifce_stack:
             return cls(arch.ifce_features)
-        return cls(arch.ifce_features, [9 + len(g.ifce_stack) for g in arch.coded_grids() if g.ifce_source >= 0])
+        return cls(arch.ifce_features, [9 + len(g.ifce_stack) for g in ifce_grids(arch)])
 
     def reinitialize_parameters(self) -> None:
         if self.stacked:

@@ -111,7 +111,7 @@ class CoolChicEncoderParameter:
         h, w = _pair(self.img_size, "img_size")
         small = self.stack_min_pixels is not None and h * w < self.stack_min_pixels
         return DecoderArch(
-            img_size=_pair(self.img_size, "img_size"),
+            img_size=(h, w),
             frame_data_type=frame_data_type,
             bitdepth=bitdepth,
             latent_resolution=_pair(self.latent_resolution, "latent_resolution"),
