@@ -32,7 +32,10 @@ def test_rdoq_lowers_the_cost_and_measures_it_as_evaluate_does(quantized):
     fe, frame = quantized
     before = evaluate(fe, frame, LMBDA)
     nn_before = fe.coolchic_encoder.get_network_rate()[1]
+    zeros_before = _zero_parameters(fe.coolchic_encoder)
     res = rdoq_model(fe, frame, LMBDA, seed=1)
+    # Parameters at zero are not visited: they stay at zero.
+    assert zeros_before and _zero_parameters(fe.coolchic_encoder) >= zeros_before
     after = evaluate(fe, frame, LMBDA)
     assert res["cost_before"] == pytest.approx(float(before.loss), rel=1e-6)
     assert res["cost_after"] == pytest.approx(float(after.loss), rel=1e-6)
@@ -47,6 +50,12 @@ def test_rdoq_lowers_the_cost_and_measures_it_as_evaluate_does(quantized):
                 if name.endswith("." + kind):
                     scaled = p.detach().double() * 2.0**s
                     assert torch.equal(scaled, torch.round(scaled))
+
+
+def _zero_parameters(cc) -> set:
+    """(name, flat index) of every transmitted parameter whose integer is 0."""
+    return {(name, i) for name, p in cc.named_transmitted_params().items()
+            for i, v in enumerate(p.detach().reshape(-1).tolist()) if v == 0.0}
 
 
 def test_rdoq_needs_a_quantized_model():
