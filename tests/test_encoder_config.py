@@ -180,3 +180,12 @@ def test_stack_min_pixels_drops_the_stacked_ifce_and_hyper_latents_on_small_imag
     assert (large.ifce_stack, large.hyper_latent_resolution) == (True, (4, 6))
     with pytest.raises(ConfigError, match="stack_min_pixels"):
         decoder_config_to_param(load_decoder_config("mop"), {"stack_min_pixels": "-1"}, (8, 8)).to_arch()
+
+
+@pytest.mark.parametrize("name", ["mop", "hop"])
+def test_shipped_configurations_stack_from_a_quarter_megapixel(name):
+    # A 256x256 crop keeps the version 1 form; a whole Kodak image (393 216 pixels) takes the stack.
+    crop = decoder_config_to_param(load_decoder_config(name), None, (256, 256)).to_arch()
+    whole = decoder_config_to_param(load_decoder_config(name), None, (512, 768)).to_arch()
+    assert (crop.ifce_stack, crop.hyper_latent_resolution) == (False, None)
+    assert (whole.ifce_stack, whole.hyper_latent_resolution) == (True, (4, 6))
