@@ -77,10 +77,19 @@ def _float(v: str) -> float:
     return float(v.strip())
 
 
+# Words that switch an optional decoder option off.
+_DISABLED = ("none", "off", "")
+
+
+def _optional_int(v: str) -> Optional[int]:
+    """An integer; 'none' disables."""
+    return None if v.strip().lower() in _DISABLED else _int(v)
+
+
 def _range(v: str) -> Optional[Tuple[int, int]]:
     """'a-b' (or 'a,b'); 'none' disables."""
     s = v.strip().lower()
-    if s in ("none", "off", ""):
+    if s in _DISABLED:
         return None
     sep = "-" if "-" in s else ","
     a, b = s.split(sep)
@@ -137,7 +146,7 @@ DECODER_OPTIONS: Dict[str, Callable[[str], Dict[str, Any]]] = {
     "ifce_resolution": _field("ifce_resolution", _range),
     "output_feature_ifce": _field("output_feature_ifce", _int),
     "ifce_stack": _field("ifce_stack", _bool),
-    "stack_min_pixels": _field("stack_min_pixels", lambda v: None if v.strip().lower() == "none" else _int(v)),
+    "stack_min_pixels": _field("stack_min_pixels", _optional_int),
     "linear_stabiliser_arm": _field("linear_stabiliser_arm", _bool),
     "linear_stabiliser_synth": _field("linear_stabiliser_synth", _bool),
     "common_randomness": _field("flag_common_randomness", _bool),
