@@ -407,6 +407,14 @@ def validate_arch(a: DecoderArch) -> None:
                 f"output_feature_ifce must be in [1, {MAX_IFCE_FEATURES}] when ifce_resolution is set, "
                 f"got {a.output_feature_ifce}"
             )
+        # An IFCE that feeds no grid has no meaning (and, stacked, no layer to
+        # transmit): refused here rather than decoded as zero features.
+        if not ifce_grids(a):
+            lo, hi = a.ifce_resolution
+            raise ConfigError(
+                f"ifce_resolution {lo}-{hi} holds no coded grid with a coarser one decoded before it: "
+                f"the IFCE would feed no grid"
+            )
     elif a.ifce_stack:
         raise ConfigError("ifce_stack needs an IFCE (ifce_resolution)")
     k = a.ups_k_size

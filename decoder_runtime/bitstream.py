@@ -312,7 +312,7 @@ def check_file_start(data: bytes, n_bytes: int, max_pixels: Optional[int] = DEFA
             f"the file is {n_bytes} bytes, more than a bitstream of this header can hold ({limit} bytes): "
             f"it is corrupted or padded"
         )
-    check_memory(header.arch, n_bytes, max_memory)
+    check_memory(header.arch, n_bytes, max_memory, header.n_substreams)
     return limit
 
 
@@ -352,7 +352,7 @@ def read_frame_body(r: _Reader, version: int, max_pixels: Optional[int], max_mem
         raise BitstreamError(
             f"the bitstream is {n_bytes} bytes, more than one with this header can hold ({limit} bytes)"
         )
-    check_memory(arch, n_bytes, max_memory)
+    check_memory(arch, n_bytes, max_memory, n_sub)
 
     n_param = r.varint("parameter section length", 0, r.end - r.pos)
     section = r.take(n_param, "the parameter section")

@@ -16,7 +16,10 @@ The bound follows the stages of a decode, each counted at its peak:
   weights fed to the onnxruntime session (graph inputs; initializers in an
   exported model);
 * latent decoding: every decoded grid (int32), plus for the grid being decoded
-  its zero-bordered int64 copy and its int64 IFCE features;
+  its zero-bordered int64 copy, its int64 IFCE features, and the decoder's work
+  arrays (the stripes' skewed copies: ``rows * (w + slope * rows)`` values a
+  stripe, so one substream on a tall, narrow grid costs far more than its
+  latents);
 * upsampling and synthesis: the float32 inputs fed to onnxruntime, then the
   largest set of tensors alive at once in the graph of ``onnx_graph.py``
   (with onnxruntime's unfolding buffer of a transposed convolution), then the
@@ -221,13 +224,16 @@ def graph_bytes(arch: DecoderArch, stripe_rows: Optional[int] = None) -> int:
     return int(GRAPH_SLACK * F32 * graph_el)
 
 
-def estimate_memory(arch: DecoderArch, n_bytes: int = 0, stripe_rows: Optional[int] = None) -> MemoryEstimate:
-    """Upper bound of the bytes a decode of ``arch`` from a file of ``n_bytes`` holds at its peak.
+def estimate_memory(arch: DecoderArch, n_bytes: int = 0, stripe_rows: Optional[int] = None,
+                    n_substreams: int = 1) -> MemoryEstimate:
+    """Upper bound of the bytes a decode of ``arch`` from a file of ``n_bytes`` in
+    ``n_substreams`` latent substreams holds at its peak.
 
     A frame large enough to be computed in tiles of rows (``tiling.py``) is
     counted as such: the graph, its inputs and its float output are a tile's,
     the integer output planes the whole frame's.
     """
+    from .latent_codec import workspace_bytes_bound
     from .tiling import TILE_GRAPH_BUDGET, synthesis_halo, tile_rows_for
 
     if stripe_rows is None:
@@ -250,6 +256,9 @@ def estimate_memory(arch: DecoderArch, n_bytes: int = 0, stripe_rows: Optional[i
     lat_stage = decoded + max(8 * (g.h + n_sub_rows) * (g.w + 8) for g in grids) + 2 * max(
         8 * arch.ifce_features * g.h * g.w + 4 * len(g.ifce_stack) * g.h * g.w for g in grids
     )
+    # The latent decoder's work arrays: the stripes' skewed copies grow with the
+    # square of a stripe's rows (latent_codec.workspace_bytes_bound).
+    lat_stage += workspace_bytes_bound(arch, n_substreams)
     _, widest = _walk_graph(arch, stripe_rows)
     tile_rows = tile_rows_for(arch, TILE_GRAPH_BUDGET)
     # What the graph runs on: the whole frame, or a tile with its halo (the
@@ -274,9 +283,9 @@ def estimate_memory(arch: DecoderArch, n_bytes: int = 0, stripe_rows: Optional[i
     return MemoryEstimate(total, stream, params, lat_stage, graph_stage, n_params, n_latents, widest, pix)
 
 
-def check_memory(arch: DecoderArch, n_bytes: int, max_memory: Optional[int]) -> MemoryEstimate:
+def check_memory(arch: DecoderArch, n_bytes: int, max_memory: Optional[int], n_substreams: int = 1) -> MemoryEstimate:
     """:func:`estimate_memory`, refused with :class:`ResourceLimitError` above ``max_memory`` (None: no limit)."""
-    est = estimate_memory(arch, n_bytes)
+    est = estimate_memory(arch, n_bytes, n_substreams=n_substreams)
     if max_memory is not None and est.total > max_memory:
         raise ResourceLimitError(
             f"decoding this {arch.img_size[0]}x{arch.img_size[1]} bitstream needs {est.describe()}, above the "

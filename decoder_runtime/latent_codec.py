@@ -48,6 +48,7 @@ from .arm_int import (
     ifce_forward,
     int32_safe_latent_bound,
     padded_count,
+    padded_dim,
 )
 from .errors import BitstreamError
 from .jit import njit
@@ -280,6 +281,32 @@ WORKSPACE_KEEP_BYTES = 16 << 20
 _kept = threading.local()
 
 
+def _workspace_bytes(k: int, g: int, cap: int, size: int, dim: int, n_ctx: int) -> int:
+    """Bytes of a :class:`_Workspace`'s arrays when both integer types of the net are
+    allocated: the net-typed ones on 4 + 8 bytes, the others twice."""
+    per_type = cap * (4 * 8 + 1) + g * size * 4
+    return k * (cap * (dim + 2 * n_ctx + 2) * 12 + 2 * per_type)
+
+
+def workspace_bytes_bound(arch: DecoderArch, n_sub: int) -> int:
+    """Upper bound of the work arrays a decode of ``arch`` in ``n_sub`` substreams
+    allocates, whatever the thread count (``budget.py`` counts it before anything
+    is allocated).
+
+    A stripe's skewed copy grows as ``rows * (w + slope * rows)``: a tall stripe
+    (one substream on 4 097 rows of 12 columns) needs hundreds of MB for a grid
+    of 49 000 latents. Threads split the stripes into ``k`` groups of at most
+    ``g``, ``k * g <= 2 * n_sub - 1``, each stripe at most the tallest one.
+    """
+    slope = wavefront_slope(arch.spatial_context_arm)
+    cap = size = 0
+    for grid in arch.coded_grids():
+        c, z, _ = _stripe_shape(-(-grid.h // n_sub), grid.w, slope)  # cap and size grow with the rows
+        cap, size = max(cap, c), max(size, z)
+    stripes = 2 * n_sub - 1
+    return _workspace_bytes(1, stripes, stripes * cap, size, padded_dim(arch.arm_input_dim), arch.spatial_context_arm)
+
+
 def _workspace(arch: DecoderArch, ctx: Context, n_sub: int, groups: Sequence[range], net: ArmNet) -> "_Workspace":
     """The :class:`_Workspace` of a decode: this thread's previous one when the shapes match."""
     work = _Workspace(arch, ctx, n_sub, groups)
@@ -287,10 +314,7 @@ def _workspace(arch: DecoderArch, ctx: Context, n_sub: int, groups: Sequence[ran
     kept = getattr(_kept, "work", None)
     if kept is not None and kept[0] == key:
         return kept[1]
-    # The bytes of StripeWork's arrays when both integer types of the net are
-    # allocated: the net-typed ones on 4 + 8 bytes, the others twice.
-    per_type = work.cap * (4 * 8 + 1) + work.g * work.size * 4
-    n_bytes = work.k * (work.cap * (net.dim + 2 * net.n_ctx + 2) * 12 + 2 * per_type)
+    n_bytes = _workspace_bytes(work.k, work.g, work.cap, work.size, net.dim, net.n_ctx)
     _kept.work = (key, work) if n_bytes <= WORKSPACE_KEEP_BYTES else None
     return work
 

@@ -12,8 +12,10 @@ that each decode stays short; the expected outcomes are a decoded image or a
 :class:`~decoder_runtime.errors.CoolChicError` subclass.
 
 Prints the count of outcomes by exception type, the operators used, the
-slowest decode and the rate; any other exception is an unexpected failure:
-its input is saved to ``--out`` as ``unexpected_<n>_<type>.cool`` with the
+slowest decode, the decode that raised the process's peak memory most (saved
+as ``largest_peak.cool``) and the rate. Any other exception, and any decode
+that raises the peak past ``--max-memory`` and 256 MB of slack, is an
+unexpected failure: its input is saved to ``--out`` as ``unexpected_<n>_<type>.cool`` with the
 traceback beside it. A crash of the process itself (a signal, or a decode
 stuck past ``--timeout``) leaves the input it was decoding in
 ``<out>/last_input.cool``. The process's address space is capped
@@ -101,6 +103,16 @@ def main() -> int:
     stages: Counter = Counter()
     unexpected = []
     slowest = [0.0, b"", ()]
+    # The largest rise of the process's peak resident memory during one decode
+    # (ru_maxrss, KiB on Linux): what a hostile file made the decoder allocate.
+    largest = [0, b"", ()]
+    # A decode that raises the peak by more than its budget allows: the bound did
+    # not bound. The slack covers what the budget leaves out on purpose (loading
+    # a kernel or a session for the first time: the int64 latent kernel alone is
+    # about 100 MB of compiled code).
+    from coolchic.decoder_runtime.budget import parse_size
+
+    rise_limit_kib = (parse_size(args.max_memory) + (256 << 20)) >> 10
     last = open(args.out / "last_input.cool", "wb")
     t_start = time.perf_counter()
     done = [0]
@@ -126,6 +138,7 @@ def main() -> int:
         last.flush()
         faulthandler.dump_traceback_later(args.timeout, exit=True)
         t0 = time.perf_counter()
+        peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             decoder_runtime.decode(mutant, max_pixels=args.max_pixels, max_memory=args.max_memory)
             outcomes["decoded"] += 1
@@ -142,6 +155,15 @@ def main() -> int:
         dt = time.perf_counter() - t0
         if dt > slowest[0]:
             slowest[:] = [dt, mutant, ops]
+        rise = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak0
+        if rise > largest[0]:
+            largest[:] = [rise, mutant, ops]
+        if rise > rise_limit_kib:
+            try:
+                raise MemoryError(f"the decode raised the peak resident memory by {rise >> 10} MB, "
+                                  f"past --max-memory {args.max_memory} and 256 MB of slack")
+            except MemoryError as e:
+                record_unexpected(e, mutant, name, ops)
         done[0] += 1
         if args.report_every and done[0] % args.report_every == 0:
             rate = done[0] / (time.perf_counter() - t_start)
@@ -152,6 +174,7 @@ def main() -> int:
     last.close()
     n = done[0]
     (args.out / "slowest.cool").write_bytes(slowest[1])
+    (args.out / "largest_peak.cool").write_bytes(largest[1])
     print(f"\nseeds: {', '.join(names)}")
     print(f"inputs: {n} in {elapsed:.0f} s ({n / elapsed:.0f} inputs/s), hypothesis seed {args.seed}")
     print("operators: " + ", ".join(f"{k} {v}" for k, v in sorted(ops_used.items())))
@@ -162,6 +185,10 @@ def main() -> int:
     for k, v in stages.most_common(12):
         print(f"  {v:>8}  {k}")
     print(f"slowest decode: {1e3 * slowest[0]:.1f} ms (operators {slowest[2]}; saved as {args.out / 'slowest.cool'})")
+    print(f"largest rise of the peak resident memory in one decode: {largest[0] / 1024:.1f} MB "
+          f"(operators {largest[2]}; saved as {args.out / 'largest_peak.cool'})")
+    print(f"peak resident memory of the campaign: "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     for stem in unexpected[:20]:
         print(f"unexpected: {stem}.cool ({stem}.txt)")
     print(f"fuzz_unexpected={len(unexpected)} inputs")

@@ -1,5 +1,6 @@
 """Bitstream: exact round trips, compact framing, and clear errors on bad input."""
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -345,15 +346,18 @@ def _random_valid_arch(rng) -> DecoderArch:
     if rng.random() < 0.4:
         a = int(rng.integers(0, 4))
         hyper = (a, a + int(rng.integers(0, 2)))
-    ifce, nf = None, 0
-    if rng.random() < 0.5:
-        a = int(rng.integers(0, 3))
-        ifce, nf = (a, a + int(rng.integers(0, 2))), int(rng.integers(1, 17))
+    ifce, nf, stack = None, 0, False
+    # A range must start at a grid decoded after another (arch.ifce_grids): any
+    # latent level below the coarsest, or the coarsest under a hyper-latent grid.
+    feedable = list(range(lo, hi)) + ([hi] if hyper is not None and hyper[1] >= hi else [])
+    if feedable and rng.random() < 0.5:
+        a = int(rng.choice(feedable))
+        ifce, nf, stack = (a, a + int(rng.integers(0, 2))), int(rng.integers(1, 17)), bool(rng.random() < 0.5)
     return DecoderArch(
         img_size=(h, w), frame_data_type=fdt, bitdepth=int(rng.choice([8, 10, 12, 16])), latent_resolution=(lo, hi),
         hyper_latent_resolution=hyper, spatial_context_arm=8 * int(rng.integers(1, 6)),
         n_hidden_layers_arm=int(rng.integers(0, 3)), linear_stabiliser_arm=bool(rng.random() < 0.5),
-        ifce_resolution=ifce, output_feature_ifce=nf, ups_k_size=int(rng.choice([4, 6, 8, 16])),
+        ifce_resolution=ifce, output_feature_ifce=nf, ifce_stack=stack, ups_k_size=int(rng.choice([4, 6, 8, 16])),
         ups_preconcat_k_size=int(rng.choice([1, 3, 7, 15])), static_upsampling_kernel=bool(rng.random() < 0.3),
         layers_synthesis=tuple(layers), linear_stabiliser_synth=bool(rng.random() < 0.3),
         flag_common_randomness=cr, common_randomness_seed=int(rng.integers(0, 1 << 32)) if cr else 0,
@@ -375,3 +379,25 @@ def test_every_accepted_header_builds_and_runs():
         want = [(h, w)] + ([(h // 2, w // 2)] * 2 if arch.frame_data_type == "yuv420" else [(h, w)] * (arch.n_out - 1))
         assert [p.shape for p in dec.image.planes] == want, arch
         assert all(int(p.max()) <= (1 << arch.bitdepth) - 1 for p in dec.image.planes)
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_an_ifce_that_feeds_no_grid_is_refused(stack):
+    """An IFCE range that holds no grid decoded after another (found by the fuzz
+    campaign: a stacked one then had no layer, and the ARM looked up its shift)
+    is a configuration error, and a file that declares one a BitstreamError."""
+    arch = make_arch(latent_resolution=(0, 3), ifce_resolution=(0, 1), output_feature_ifce=2, ifce_stack=stack)
+    with pytest.raises(ConfigError, match="feed no grid"):
+        dataclasses.replace(arch, ifce_resolution=(5, 6))
+    with pytest.raises(ConfigError, match="feed no grid"):
+        dataclasses.replace(arch, latent_resolution=(1, 1), ifce_resolution=(1, 1))
+    # A file that declares it, behind a parameter section of the size its
+    # architecture implies and a recomputed CRC: refused at the header.
+    q, shifts, expgol, latents = random_int_model(arch, amp=5, shift=6)
+    sec = split(write_bitstream(arch, q, shifts, expgol, latents, 1).data)
+    for f in sec.fields:
+        if f.name in ("ifce", "ifce hi"):
+            f.value = 6  # "ifce" holds a + 1, "ifce hi" b: levels 5-6, above every grid
+    sec.params = zero_param_section(field_sizes(arch_of_fields(sec.fields)))
+    with pytest.raises(BitstreamError, match="feed no grid"):
+        decoder_runtime.decode(join(sec))

@@ -154,6 +154,51 @@ def test_many_parameters_are_counted():
         budget.check_memory(arch, 0, 1 << 30)
 
 
+def _tall_stream(rows: int, n_sub: int):
+    """One latent grid ``rows`` x 12, ARM context 40 (wavefront slope 5), in ``n_sub`` substreams."""
+    arch = make_arch((rows, 12), latent_resolution=(0, 0), spatial_context_arm=40, n_hidden_layers_arm=1)
+    q, shifts, expgol, latents = random_int_model(arch, seed=1, amp=4, shift=8, latent_scale=(0.5,))
+    return arch, write_bitstream(arch, q, shifts, expgol, latents, n_sub).data
+
+
+def test_the_latent_decoders_work_arrays_are_counted():
+    """A stripe's skewed copy holds rows * (w + slope * rows) values: 4 097 rows of
+    12 latents in one substream need 642 MiB of work arrays for 49 164 latents (the
+    fuzz campaign's largest allocation). They are counted, so such a file is refused
+    before anything is allocated, and the bound covers what a decode allocates."""
+    from coolchic.decoder_runtime.latent_codec import workspace_bytes_bound
+
+    arch = make_arch((4097, 12), latent_resolution=(0, 0), spatial_context_arm=40, n_hidden_layers_arm=1)
+    # size = (cpad + w + PAD + 5 * 4096) * (4097 + PAD), PAD = 4, cpad = 24, in int32,
+    # for both integer types of the ARM; the ARM columns (8) are noise beside it.
+    size = (24 + 12 + 4 + 5 * 4096) * (4097 + 4)
+    assert 2 * 4 * size <= workspace_bytes_bound(arch, 1) < 2 * 4 * size + MIB
+    assert estimate_memory(arch, n_substreams=1).latents > 640 * MIB
+    # In 16 substreams the stripes are 257 rows: 16 times fewer rows, 7 times less
+    # memory even counted for any thread count (up to 31 stripes at once).
+    assert estimate_memory(arch, n_substreams=16).latents < estimate_memory(arch, n_substreams=1).latents / 7
+    with pytest.raises(ResourceLimitError, match=r"4097x12 .* MiB for 49164 latents"):
+        budget.check_memory(arch, 0, 256 * MIB, n_substreams=1)
+
+    # A real file of this shape: refused by the budget before its latents are decoded.
+    _, data = _tall_stream(4097, 1)
+    peak, err = _peak_python_bytes(lambda: decoder_runtime.decode(data, max_memory="256M"))
+    assert isinstance(err, ResourceLimitError), err
+    assert peak < 2 * MIB, peak
+    # Decoded, the latent decoder's allocations stay within the bound (tracemalloc
+    # sees numpy's buffers): 1 025 rows, one substream, then four.
+    for n_sub in (1, 4):
+        arch, data = _tall_stream(1025, n_sub)
+        bs = read_bitstream(data)
+        from coolchic.decoder_runtime.latent_codec import decode_latents
+
+        decode_latents(bs, threads=1)  # the kernels loaded, the tables built
+        peak, err = _peak_python_bytes(lambda: decode_latents(bs, threads=2))
+        assert err is None, err
+        assert peak <= estimate_memory(arch, len(data), n_substreams=n_sub).latents, (n_sub, peak)
+        assert peak > workspace_bytes_bound(arch, n_sub) // 8  # the work arrays are most of it
+
+
 # ---- files vetted before they are read ------------------------------------------
 def test_not_a_bitstream_is_refused_unread(tmp_path):
     path = tmp_path / "big.bin"
