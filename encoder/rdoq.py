@@ -149,6 +149,9 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s, max_
                         v = v0 + d * m
                         if abs(v) > MAX_PARAM_INT:
                             break
+                        if evals >= max_evaluations:  # a cap, not a hint: never one evaluation past it
+                            out_of_time = True
+                            break
                         t[i] = v * step
                         cand_lat, cand_dist = score(t)
                         evals += 1
@@ -158,7 +161,7 @@ def _rdoq(fe, cc, frame, n_pixels, flat, lmbda, seed, start, time_budget_s, max_
                             lat_best, dist_best = cand_lat, cand_dist
                         else:
                             break
-                    if improved:
+                    if improved or out_of_time:
                         break
                 t[i] = best_v * step
                 if best_v != v0:

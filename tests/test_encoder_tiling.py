@@ -18,6 +18,10 @@ torch.set_num_threads(1)
 
 QUANT = dict(quantizer_noise_type="gaussian", quantizer_type="softround", soft_round_temperature=0.3,
              noise_parameter=0.2)
+# A latent's rate in float32 when the ARM runs on other batches (bands, chunks):
+# oneDNN sums in another order, 1.2e-4 bits off at 15.2 bits on an AVX-512 (Zen 4)
+# machine; the same tests in float64 agree to 3e-13, so the terms are the same.
+RATE_RTOL, RATE_ATOL = 5e-5, 1e-4
 RICH = dict(ifce_resolution=(0, 2), output_feature_ifce=3, hyper_latent_resolution=(2, 3),
             flag_common_randomness=True, linear_stabiliser_synth=True, linear_stabiliser_arm=True)
 
@@ -69,8 +73,11 @@ def test_bands_give_the_whole_frame_loss_and_gradients(h, w, fdt, kw, n_substrea
     assert step.rate_latent_bits / (h * w) == pytest.approx(whole.rate_latent_bpp, rel=1e-6)
     got = _grads(cc)
     assert set(got) == set(ref)  # latents and every network
+    # float32 sums in another order (by band): up to 3.4e-5 of a tensor's largest
+    # gradient on an AVX-512 machine (ifce.3.weight of the stacked case), 1e-15
+    # with the same test in float64, so the bands add exactly the same terms.
     for name, g in ref.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
+        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-4 * float(g.abs().max()), msg=name)
 
 
 def test_tiled_evaluation_is_the_whole_frame_one():
@@ -84,7 +91,7 @@ def test_tiled_evaluation_is_the_whole_frame_one():
         dense = cc.dense_latent(cc.quantized_flat_latents())
         banded = cc.synthesize(dense)
     torch.testing.assert_close(tiled.decoded_image, whole.decoded_image, rtol=0, atol=1e-6)
-    torch.testing.assert_close(tiled.rate, whole.rate, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(tiled.rate, whole.rate, rtol=RATE_RTOL, atol=RATE_ATOL)
     torch.testing.assert_close(banded, cc.synthesis(dense), rtol=0, atol=1e-5)
 
 
@@ -106,7 +113,7 @@ def test_chunked_rate_matches_by_hand_counted_chunks():
     assert sum(c.stop - c.start for c in chunks.chunks) == cc.arch.n_latent_values()
     flat = cc.quantized_flat_latents().detach()
     torch.testing.assert_close(chunked_latent_rate(flat, cc.arm, cc.ifce, chunks, cc.arch.arm_input_dim),
-                               cc.latent_rate(flat), rtol=1e-6, atol=1e-5)
+                               cc.latent_rate(flat), rtol=RATE_RTOL, atol=RATE_ATOL)
     grad = torch.zeros_like(flat)
     bits = rate_backward(flat, cc.arm, cc.ifce, chunks, cc.arch.spatial_context_arm, cc.arch.arm_input_dim,
                          1.0, grad)
