@@ -1,12 +1,13 @@
 """Rate-distortion benchmark on Kodak: coolchic vs AVIF 4:4:4, WebP, JPEG,
 JPEG XL and the reference Cool-chic 5.0.
 
-    python bench/rd_kodak.py [--images 8] [--crop 256]
+    python bench/rd_kodak.py [--images 8 | --image kodim14 ...] [--crop 256]
                              [--lmbdas 0.02,0.006,0.002,0.0006,0.0002]
                              [--preset fast] [--dec-cfg mop] [--jobs 2]
                              [--out bench/results/rd]
 
-Encodes the first ``--images`` Kodak images of ../shared/data/kodak/ (centre
+Encodes the first ``--images`` Kodak images of ../shared/data/kodak/ (or the
+ones named by ``--image``; centre
 crops of ``--crop`` pixels, 0 for whole images) with coolchic at each lambda,
 ``--jobs`` encodes at a time, and decodes every bitstream with the torch-free
 runtime: bpp from the file size, PSNR on RGB at 8 bit. The anchors sweep their
@@ -54,8 +55,15 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
-def load_images(n: int, crop: int | None):
-    paths = sorted(KODAK.glob("kodim*.png"))[:n]
+def load_images(n: int, crop: int | None, names=None):
+    """The first ``n`` Kodak images, or those of ``names`` (file stems) in that order."""
+    if names:
+        paths = [KODAK / f"{name}.png" for name in names]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise SystemExit(f"no such Kodak image: {', '.join(missing)}")
+    else:
+        paths = sorted(KODAK.glob("kodim*.png"))[:n]
     out = []
     for p in paths:
         img = np.asarray(Image.open(p).convert("RGB"))
@@ -201,6 +209,8 @@ def run_coolchic(images, lmbdas, args):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=8, help="first N Kodak images (default 8)")
+    ap.add_argument("--image", action="append", metavar="NAME",
+                    help="encode this Kodak image (e.g. kodim14; repeatable) instead of the first --images")
     ap.add_argument("--crop", type=int, default=256, help="centre crop size, 0 for whole images (default 256)")
     ap.add_argument("--lmbdas", default="0.02,0.006,0.002,0.0006,0.0002")
     ap.add_argument("--preset", default="fast")
@@ -213,7 +223,7 @@ def main() -> None:
                          "configuration contents only)")
     args = ap.parse_args()
     lmbdas = [float(v) for v in args.lmbdas.split(",")]
-    images = load_images(args.images, args.crop or None)
+    images = load_images(args.images, args.crop or None, args.image)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     ours = run_coolchic(images, lmbdas, args)
@@ -275,7 +285,8 @@ def main() -> None:
         ax.set_xlabel("bpp")
         ax.set_ylabel("PSNR RGB (dB)")
         crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "whole images"
-        ax.set_title(f"Kodak kodim01-{len(names):02d}, {crop}; coolchic {args.preset}, {args.dec_cfg}")
+        which = ", ".join(names) if args.image else f"kodim01-{len(names):02d}"
+        ax.set_title(f"Kodak {which}, {crop}; coolchic {args.preset}, {args.dec_cfg}")
         ax.grid(True, alpha=0.4)
         ax.legend(fontsize=8)
         fig.savefig(args.out.with_suffix(".png"), dpi=120, bbox_inches="tight")
