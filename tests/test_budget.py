@@ -17,6 +17,7 @@ from coolchic.decoder_runtime.arch import DecoderArch, parse_synthesis_layer, pa
 from coolchic.decoder_runtime.bitstream import HEADER_PEEK, max_bitstream_bytes, read_bitstream, read_header
 from coolchic.decoder_runtime.budget import DEFAULT_MAX_MEMORY, estimate_memory, parse_size
 from coolchic.decoder_runtime.errors import BitstreamError, ConfigError, InferenceError, ResourceLimitError
+from coolchic.decoder_runtime.latent_codec import decode_latents, workspace_bytes_bound
 from coolchic.encoder.presets import DECODER_CONFIGS, decoder_config_to_param, load_decoder_config
 from coolchic.export.bitstream_writer import encode_header, encode_network_params, varint, write_bitstream
 
@@ -166,8 +167,6 @@ def test_the_latent_decoders_work_arrays_are_counted():
     12 latents in one substream need 642 MiB of work arrays for 49 164 latents (the
     fuzz campaign's largest allocation). They are counted, so such a file is refused
     before anything is allocated, and the bound covers what a decode allocates."""
-    from coolchic.decoder_runtime.latent_codec import workspace_bytes_bound
-
     arch = make_arch((4097, 12), latent_resolution=(0, 0), spatial_context_arm=40, n_hidden_layers_arm=1)
     # size = (cpad + w + PAD + 5 * 4096) * (4097 + PAD), PAD = 4, cpad = 24, in int32,
     # for both integer types of the ARM; the ARM columns (8) are noise beside it.
@@ -190,8 +189,6 @@ def test_the_latent_decoders_work_arrays_are_counted():
     for n_sub in (1, 4):
         arch, data = _tall_stream(1025, n_sub)
         bs = read_bitstream(data)
-        from coolchic.decoder_runtime.latent_codec import decode_latents
-
         decode_latents(bs, threads=1)  # the kernels loaded, the tables built
         peak, err = _peak_python_bytes(lambda: decode_latents(bs, threads=2))
         assert err is None, err
