@@ -146,7 +146,7 @@ def reference_curve(names, lmbdas=None):
 
 def encode_coolchic(job):
     """One encode + torch-free decode; run in a worker process."""
-    name, img, lmbda, preset, dec_cfg, n_itr, threads = job
+    name, img, lmbda, preset, dec_cfg, n_itr, threads, keep = job
     from coolchic.decoder_runtime import decode
     from coolchic.decoder_runtime.frame import RawImage
     from coolchic.encoder.api import encode_image
@@ -161,6 +161,9 @@ def encode_coolchic(job):
     dec = decode(res.bitstream).image.to_hwc()
     t_dec = time.perf_counter() - t0
     bpp = 8 * len(res.bitstream) / (img.shape[0] * img.shape[1])
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"{name}_{lmbda}.cool").write_bytes(res.bitstream)
     return name, lmbda, bpp, psnr(img, dec), t_enc, t_dec
 
 
@@ -188,7 +191,7 @@ def run_coolchic(images, lmbdas, args):
     if not part.exists():
         part.write_text("run\timage\tlmbda\tbpp\tpsnr_db\tencode_s\tdecode_s\n")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    jobs = [(n, img, lm, args.preset, args.dec_cfg, args.n_itr, threads)
+    jobs = [(n, img, lm, args.preset, args.dec_cfg, args.n_itr, threads, args.keep_bitstreams)
             for lm in lmbdas for n, img in images if (n, lm) not in done]
     print(f"{len(done)} coolchic points reused, {len(jobs)} to encode ({args.jobs} at a time, {threads} threads each)",
           flush=True)
@@ -218,6 +221,8 @@ def main() -> None:
     ap.add_argument("--n-itr", type=int, default=None, help="override the preset's main phase iterations")
     ap.add_argument("--jobs", type=int, default=2, help="encodes at a time (threads each: cores / jobs)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "rd")
+    ap.add_argument("--keep-bitstreams", type=Path, default=None, metavar="DIR",
+                    help="also write each coolchic bitstream to DIR/<image>_<lambda>.cool")
     ap.add_argument("--fresh", action="store_true",
                     help="encode every point again (after a code change: points are reused by options and "
                          "configuration contents only)")

@@ -122,10 +122,30 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def rate_line(path: str) -> str:
+    """Where the file's bytes go: framing, each network's parameters, latents.
+
+    Parsed again from the file (it decoded, so it is sound): only -v pays for it.
+    """
+    from .bitstream import read_bitstream
+    from .expgolomb import module_bits
+
+    with open(path, "rb") as f:
+        bs = read_bitstream(f.read(), max_pixels=None)
+    bits = module_bits(bs.arch, bs.q_params, bs.expgol)
+    latent_bytes = sum(len(s) for s in bs.substreams)
+    param_bytes = bs.n_bytes - latent_bytes - bs.header_bytes
+    nets = ", ".join(f"{m} {b}" for m, b in bits.items())
+    n_sub = len(bs.substreams)
+    return (f"rate (bytes): framing {bs.header_bytes}, parameters {param_bytes} ({nets} bits), "
+            f"latents {latent_bytes} in {n_sub} substream{'s' if n_sub > 1 else ''}")
+
+
 def _report(path_in: str, path_out: str, dec, n_bytes: int, write_s: float) -> None:
     img = dec.image
     bpp = 8 * n_bytes / (img.height * img.width)
     print(f"{path_in}: {n_bytes} bytes, {img.width}x{img.height} {img.frame_data_type} {img.bitdepth}-bit, {bpp:.4f} bpp")
+    print(rate_line(path_in))
     t = dict(dec.timings)
     t["write"] = write_s
     order = ("setup", "read", "parse", "latents", "graph_build", "session", "upsampling_synthesis", "output", "write")
@@ -174,6 +194,13 @@ def _run(argv: Optional[List[str]]) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `coolchic-decode -v ... | head -1`: the reader left. An image was written
+        # before the report; a sequence's atomic output is dropped. Python's exit
+        # must not trip over stdout again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -43,6 +43,20 @@ def exp_golomb_nbits(values: np.ndarray, count: int) -> int:
     return int(np.sum(2 * lengths - count + 1) + np.count_nonzero(a))
 
 
+def module_bits(arch: DecoderArch, q_params, expgol) -> Dict[str, int]:
+    """Bits of each sent module in the parameter section (its per-kind shift and
+    order fields included, the final byte padding not): where a file's network rate goes."""
+    out = {}
+    for module in modules_to_send(arch):
+        bits = 0
+        for kind in module_kinds(arch, module):
+            values = [q_params[p.name] for p in param_layout(arch) if p.module == module and p.kind == kind]
+            bits += SHIFT_BITS + COUNT_BITS + exp_golomb_nbits(np.concatenate([np.ravel(v) for v in values]),
+                                                              expgol[(module, kind)])
+        out[module] = bits
+    return out
+
+
 def module_kinds(arch: DecoderArch, module: str) -> Tuple[str, ...]:
     kinds = {p.kind for p in param_layout(arch) if p.module == module}
     return tuple(k for k in ("weight", "bias") if k in kinds)

@@ -80,6 +80,10 @@ def test_cli_writes_image(rgb_stream, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert f"{len(data)} bytes, 40x24 rgb 8-bit" in out and "latents" in out and "upsampling_synthesis" in out
+    bs = read_bitstream(data)
+    latent_bytes = sum(len(s) for s in bs.substreams)
+    assert (f"rate (bytes): framing {bs.header_bytes}, parameters {len(data) - latent_bytes - bs.header_bytes} "
+            f"(arm ") in out and f"latents {latent_bytes} in " in out
     np.testing.assert_array_equal(read_image(tmp_path / "out.png").to_hwc(), decoder_runtime.decode(data).to_numpy())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.cool", "out.png"]
 

@@ -248,3 +248,26 @@ def test_hostile_sections_cost_milliseconds(monkeypatch):
         with pytest.raises(BitstreamError, match=match):
             read_network_params(sec, arch)
         assert time.perf_counter() - t0 < 0.5
+
+
+def test_module_bits_hand_counted():
+    """Zeros cost k + 1 bits each at order k; each kind adds its 9-bit (shift, order) field."""
+    arch = make_arch()
+    specs = param_layout(arch)
+    q = {p.name: np.zeros(p.shape, dtype=np.int32) for p in specs}
+    expgol = {f: 0 for f in _fields(arch)}
+    shifts = {f: 4 for f in _fields(arch)}
+    n = {m: sum(p.size for p in specs if p.module == m) for m in modules_to_send(arch)}
+    kinds = {m: len(module_kinds(arch, m)) for m in modules_to_send(arch)}
+    assert expgolomb.module_bits(arch, q, expgol) == {m: 9 * kinds[m] + n[m] for m in n}
+    # -3 at order 0: EG_0(3) = 00100 then a sign bit, 6 bits instead of 1.
+    first_arm = next(p for p in specs if p.module == "arm")
+    q[first_arm.name].flat[0] = -3
+    # Order 2 for the synthesis weights: every zero costs 3 bits.
+    expgol[("synthesis", "weight")] = 2
+    n_syn_w = sum(p.size for p in specs if p.module == "synthesis" and p.kind == "weight")
+    bits = expgolomb.module_bits(arch, q, expgol)
+    assert bits["arm"] == 9 * kinds["arm"] + n["arm"] + 5
+    assert bits["synthesis"] == 9 * kinds["synthesis"] + n["synthesis"] + 2 * n_syn_w
+    section = encode_network_params(arch, q, shifts, expgol)
+    assert len(section) == -(-sum(bits.values()) // 8)
