@@ -122,30 +122,41 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def rate_line(path: str) -> str:
-    """Where the file's bytes go: framing, each network's parameters, latents.
-
-    Parsed again from the file (it decoded, so it is sound): only -v pays for it.
-    """
-    from .bitstream import read_bitstream
+def rate_line(bs, n_bytes: int) -> str:
+    """Where the ``n_bytes`` of a frame go: each network's parameters (their section
+    padded to a byte), the latents, and the rest (header, lengths, CRC)."""
     from .expgolomb import module_bits
 
-    with open(path, "rb") as f:
-        bs = read_bitstream(f.read(), max_pixels=None)
     bits = module_bits(bs.arch, bs.q_params, bs.expgol)
     latent_bytes = sum(len(s) for s in bs.substreams)
-    param_bytes = bs.n_bytes - latent_bytes - bs.header_bytes
+    param_bytes = -(-sum(bits.values()) // 8)
     nets = ", ".join(f"{m} {b}" for m, b in bits.items())
     n_sub = len(bs.substreams)
-    return (f"rate (bytes): framing {bs.header_bytes}, parameters {param_bytes} ({nets} bits), "
+    return (f"rate (bytes): framing {n_bytes - param_bytes - latent_bytes}, parameters {param_bytes} ({nets} bits), "
             f"latents {latent_bytes} in {n_sub} substream{'s' if n_sub > 1 else ''}")
+
+
+def _file_rate_lines(path: str, sequence: bool) -> List[str]:
+    """:func:`rate_line` of an image file, or of each frame of a sequence file
+    (decoding order). Parsed again from the file: only -v pays for it."""
+    from .bitstream import read_bitstream
+    from .sequence import index_sequence, read_sequence_frame
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if not sequence:
+        return [rate_line(read_bitstream(data, max_pixels=None), len(data))]
+    header, entries = index_sequence(data)
+    # A section's bytes: from its display index to its CRC (its length field excluded).
+    return [f"frame {e.spec.display_index} ({e.spec.frame_type}, {e.end - e.start} bytes): "
+            + rate_line(read_sequence_frame(data, header, e), e.end - e.start) for e in entries]
 
 
 def _report(path_in: str, path_out: str, dec, n_bytes: int, write_s: float) -> None:
     img = dec.image
     bpp = 8 * n_bytes / (img.height * img.width)
     print(f"{path_in}: {n_bytes} bytes, {img.width}x{img.height} {img.frame_data_type} {img.bitdepth}-bit, {bpp:.4f} bpp")
-    print(rate_line(path_in))
+    print("\n".join(_file_rate_lines(path_in, sequence=False)))
     t = dict(dec.timings)
     t["write"] = write_s
     order = ("setup", "read", "parse", "latents", "graph_build", "session", "upsampling_synthesis", "output", "write")
@@ -263,6 +274,7 @@ def _decode_sequence(args) -> int:
         total = time.perf_counter() - t0
         size = os.path.getsize(args.input)
         print(f"{args.input}: {size} bytes, {n} frames in {total:.2f} s ({n / total:.1f} frames/s); wrote {out}")
+        print("\n".join(_file_rate_lines(args.input, sequence=True)))
     return 0
 
 

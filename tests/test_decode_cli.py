@@ -186,3 +186,20 @@ def test_bad_source():
         decoder_runtime.decode(b"Cc")
     with pytest.raises(BitstreamError, match="is a directory"):
         decoder_runtime.decode(REPO)
+
+
+def test_cli_verbose_sequence_says_where_each_frames_bytes_go(tmp_path, capsys):
+    """Per frame of the golden sequence: the parameter section is its bits rounded up
+    to a byte (2927 bits -> 366 bytes for frame 0), and the three parts add up to the section."""
+    src = REPO / "tests" / "data" / "golden_v4_ipb.cool"
+    assert cli.main(["-i", str(src), "-o", str(tmp_path / "g.yuv"), "-v"], fast_exit=False) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "rate (bytes)" in ln]
+    assert lines[0] == ("frame 0 (I, 2046 bytes): rate (bytes): framing 28, parameters 366 "
+                        "(arm 747, upsampling 143, synthesis 2037 bits), latents 1652 in 2 substreams")
+    assert [ln.split(" (")[0] for ln in lines] == ["frame 0", "frame 2", "frame 1"]
+    for ln in lines:
+        total = int(ln.split(", ")[1].split(" bytes")[0])
+        framing = int(ln.split("framing ")[1].split(",")[0])
+        params = int(ln.split("parameters ")[1].split(" ")[0])
+        latents = int(ln.split("latents ")[1].split(" ")[0])
+        assert framing + params + latents == total and 20 <= framing <= 40
