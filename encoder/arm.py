@@ -322,7 +322,8 @@ class _ArmMLPFunction(torch.autograd.Function):
         w_out, b_out = params[2 * n_hidden], params[2 * n_hidden + 1]
         out = _linear_nd(h, w_out, b_out)
         if has_stab:
-            out = out + _linear_nd(u, params[2 * n_hidden + 2])
+            # Accumulated in place: an (N, 2) product and a sum would be two more passes.
+            out.addmm_(u, params[2 * n_hidden + 2].t())
         ctx.save_for_backward(*acts, *params)
         ctx.meta = (c, n_hidden, has_stab)
         return out
@@ -336,16 +337,15 @@ class _ArmMLPFunction(torch.autograd.Function):
         grads = [None] * len(params)
         grads[2 * n_hidden] = g_out.t() @ acts[-1]
         grads[2 * n_hidden + 1] = g_out.sum(0)
-        g_u_stab = None
         if has_stab:
             grads[2 * n_hidden + 2] = g_out.t() @ acts[0]
-            g_u_stab = _linear_nd(g_out, params[2 * n_hidden + 2].t().contiguous())
         g = _linear_nd(g_out, params[2 * n_hidden].t().contiguous())
         for i in range(n_hidden - 1, -1, -1):
             g = torch.ops.aten.threshold_backward(g, acts[i + 1], 0.0)
             g, grads[2 * i], grads[2 * i + 1] = _linear_nd_backward(g, acts[i], _with_residual(params[2 * i], c))
-        if g_u_stab is not None:
-            g = g + g_u_stab
+        if has_stab:
+            # g is this function's own (N, D) array: the stabiliser's share is added in place.
+            g.addmm_(g_out, params[2 * n_hidden + 2])
         return (g, None, None, None, *grads)
 
 

@@ -303,3 +303,73 @@ def test_gray_frame_has_one_output_channel():
                                  layers_synthesis=["8-1-linear-relu", "X-1-linear-none", "X-3-residual-none"])
     cc = CoolChicEncoder(p, "gray")
     assert cc.arch.n_out == 1 and cc().raw_out.shape == (1, 1, 8, 8)
+
+
+@pytest.mark.parametrize("stabiliser", [False, True])
+def test_fused_synthesis_head_gives_the_convolutions_values_and_gradients(stabiliser, monkeypatch):
+    """Training's tiled head (two 1x1 layers and the stabiliser in one function) against the
+    convolutions it stands for, in float64: same output, same gradient for the input and for
+    every parameter, over several tiles and a partial last one."""
+    from coolchic.decoder_runtime.arch import parse_synthesis_layer
+    from coolchic.encoder import synthesis as synthesis_mod
+
+    monkeypatch.setattr(synthesis_mod, "HEAD_TILE", 40)  # 7 x 13 = 91 pixels: tiles of 40, 40, 11
+    torch.manual_seed(0)
+    layers = [parse_synthesis_layer(t, 3) for t in
+              ("6-1-linear-relu", "X-1-linear-none", "X-3-residual-relu", "X-3-residual-none")]
+    syn = synthesis_mod.Synthesis(5, layers, 3, stabiliser).double()
+    with torch.no_grad():
+        for p in syn.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(1, 5, 7, 13, dtype=torch.double)
+    g = torch.randn(1, 3, 7, 13, dtype=torch.double)
+
+    original = synthesis_mod.Synthesis._fused_head
+
+    def run(fused: bool):
+        monkeypatch.setattr(synthesis_mod.Synthesis, "_fused_head", lambda self, t: fused and original(self, t))
+        syn.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = syn(xi)
+        y.backward(g)
+        return [y.detach(), xi.grad] + [p.grad for p in syn.parameters()]
+
+    assert original(syn, x)  # the head applies to this layer list
+    with torch.no_grad():
+        assert not original(syn, x)  # without gradients the convolutions run (rdoq_model's bit-exactness)
+    convs, fused = run(False), run(True)
+    assert len(convs) == 2 + len(list(syn.parameters()))
+    for a, b in zip(convs, fused):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_synthesis_head_needs_two_leading_1x1_layers():
+    from coolchic.decoder_runtime.arch import parse_synthesis_layer
+    from coolchic.encoder.synthesis import Synthesis
+
+    x = torch.zeros(1, 4, 5, 5)
+    for spec, applies in ((("8-1-linear-relu", "X-1-linear-none", "X-3-residual-none"), True),
+                          (("8-3-linear-relu", "X-1-linear-none"), False),
+                          (("8-1-linear-none", "X-1-linear-none"), False),
+                          (("8-1-linear-relu", "X-1-linear-relu"), False),
+                          (("X-1-linear-none",), False)):
+        syn = Synthesis(4, [parse_synthesis_layer(t, 3) for t in spec], 3, False)
+        assert syn._fused_head(x) is applies, spec
+
+
+def test_fused_synthesis_head_on_several_threads_only_when_wide():
+    from coolchic.decoder_runtime.arch import parse_synthesis_layer
+    from coolchic.encoder.synthesis import HEAD_MIN_WIDTH_THREADED, Synthesis
+
+    x = torch.zeros(1, 4, 5, 5)
+    def head(width):
+        layers = [parse_synthesis_layer(f"{width}-1-linear-relu", 3), parse_synthesis_layer("X-1-linear-none", 3)]
+        return Synthesis(4, layers, 3, True)
+
+    narrow, wide = head(HEAD_MIN_WIDTH_THREADED - 1), head(HEAD_MIN_WIDTH_THREADED)
+    assert narrow._fused_head(x) and wide._fused_head(x)
+    torch.set_num_threads(2)
+    try:
+        assert not narrow._fused_head(x) and wide._fused_head(x)
+    finally:
+        torch.set_num_threads(1)
