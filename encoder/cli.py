@@ -33,7 +33,7 @@ video (one sequence file; frames other than I and P are hierarchical B frames):
   PNG frames:     coolchic-encode -i frame_%03d.png -o clip.cool --n-frames 17 --intra-period 16 --p-pos 8
 
 Decoder configurations (--dec-cfg): vlop, lop, mop, hop, vhop (about 330, 620,
-1240, 2240, 2830 multiplications per pixel), or a path to a .cfg file.
+1240, 1770, 2830 multiplications per pixel), or a path to a .cfg file.
 Encoder presets (--preset): fast, medium, slow (1600, 10000, 30000 iterations:
 warm-up among 5 then 2 candidates, main soft-round phase, 100 (fast) or 500
 hard-round iterations, then network quantization and RDOQ), debug, or a .cfg file.

@@ -18,7 +18,7 @@ def arch_of(**kw):
     return CoolChicEncoderParameter(img_size=(32, 48), **kw).to_arch("rgb", 8)
 
 
-EXPECTED_MAC = {"vlop": (250, 400), "lop": (450, 750), "mop": (1000, 1300), "hop": (1900, 2500),
+EXPECTED_MAC = {"vlop": (250, 400), "lop": (450, 750), "mop": (1000, 1300), "hop": (1600, 2000),
                 "vhop": (2600, 3200)}
 
 
@@ -182,13 +182,15 @@ def test_stack_min_pixels_drops_the_stacked_ifce_and_hyper_latents_on_small_imag
         decoder_config_to_param(load_decoder_config("mop"), {"stack_min_pixels": "-1"}, (8, 8)).to_arch()
 
 
-def test_shipped_mop_stacks_from_a_quarter_megapixel_and_hop_does_not():
-    # A 256x256 crop keeps the version 1 form; a whole Kodak image (393 216 pixels) takes the
-    # stack in mop; hop measured no gain from it (docs/compression.md) and keeps version 1.
+def test_shipped_mop_stacks_from_a_quarter_megapixel_and_hop_always():
+    # A 256x256 crop keeps mop's version 1 form; a whole Kodak image (393 216 pixels) takes the
+    # stack in mop. hop is the reference's hop, stacked at every size (docs/compression.md).
     mop = load_decoder_config("mop")
     crop = decoder_config_to_param(mop, None, (256, 256)).to_arch()
     whole = decoder_config_to_param(mop, None, (512, 768)).to_arch()
-    hop = decoder_config_to_param(load_decoder_config("hop"), None, (512, 768)).to_arch()
     assert (crop.ifce_stack, crop.hyper_latent_resolution) == (False, None)
     assert (whole.ifce_stack, whole.hyper_latent_resolution) == (True, (4, 6))
-    assert (hop.ifce_stack, hop.hyper_latent_resolution) == (False, None)
+    for size in ((256, 256), (512, 768)):
+        hop = decoder_config_to_param(load_decoder_config("hop"), None, size).to_arch()
+        assert (hop.ifce_stack, hop.hyper_latent_resolution, hop.ifce_features) == (True, (4, 6), 6)
+        assert (hop.spatial_context_arm, hop.linear_stabiliser_arm, hop.linear_stabiliser_synth) == (16, True, True)
