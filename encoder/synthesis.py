@@ -153,7 +153,7 @@ class Synthesis(nn.Module):
             return False
         # The tiles run one after the other: on several threads oneDNN's convolutions of a
         # narrow head are faster (mop, 16 wide, 2 threads: 117-119 ms an iteration with them,
-        # 128-129 with the tiles; hop, 48 wide: 184-186 against 168-175).
+        # 128-129 with the tiles; the 48-wide hop gains still: docs/compression.md).
         return torch.get_num_threads() == 1 or a.out_channels >= HEAD_MIN_WIDTH_THREADED
 
     def layer_inputs(self, x: Tensor) -> List[Tensor]:
