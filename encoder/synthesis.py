@@ -15,8 +15,8 @@ kept for the backward pass, which recomputes it from ``x``. Its gradients are
     g_h = (W1^T g_y) * [W0 x + b0 > 0],   dW1 = g_y h^T,   dW0 = g_h x^T,
     dS = g_s x^T,   g_x = W0^T g_h + S^T g_s,
 
-summed over the tiles. A training iteration of the reference's hop (48 wide) on
-kodim01, one thread, took 259-267 ms with it against 319 ms with the convolutions
+summed over the tiles. A training iteration of hop (48 wide) on kodim01, one
+thread, took 264-277 ms with it against 319-341 ms with the convolutions
 (``bench/encode_speed.py``; docs/compression.md, "Encoder speed: the synthesis
 head in tiles").
 """
