@@ -152,6 +152,7 @@ def encode_ffmpeg(
     fps: int = 25,
     threads: Optional[int] = None,
     keep_sei: bool = False,
+    packet_sizes: Optional[list] = None,
 ) -> Tuple[int, List[Frame]]:
     """Encode 8-bit YUV 4:2:0 ``frames`` with x265 / x264 (PyAV), decode them back.
 
@@ -167,7 +168,8 @@ def encode_ffmpeg(
     decoded (``keep_sei`` keeps them): with these settings they only carry the
     encoder's version and option string, about 2 KB for x265 (also turned off
     with its ``info=0``) and 0.6 KB for x264, as large as a whole low-rate
-    stream of a few frames.
+    stream of a few frames. ``packet_sizes``, a list, receives (display
+    index, bytes) of each packet after that.
 
     Returns (bytes of the coded stream: the sum of the packet sizes, the
     decoded frames in display order as (Y, U, V) uint8 planes).
@@ -206,6 +208,8 @@ def encode_ffmpeg(
             stripped.append(q)
         packets = stripped
     n_bytes = sum(p.size for p in packets)
+    if packet_sizes is not None:
+        packet_sizes += [(int(p.pts), p.size) for p in packets]
 
     dec = av.CodecContext.create(_DECODERS[codec], "r")
     out = []
