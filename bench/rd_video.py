@@ -3,7 +3,7 @@ and coolchic all-intra, on YUV 4:2:0.
 
     python bench/rd_video.py [--video PATH] [--size WxH] [--n-frames 9]
                              [--lmbda 0.004,0.002,0.001,0.0005] [--preset fast]
-                             [--dec-cfg mop] [--crfs 22,27,32,37,42] [--gop N]
+                             [--dec-cfg mop] [--dec-cfg-inter inter] [--dec-cfg-b inter_b] [--crfs 22,27,32,37,42] [--gop N]
                              [--skip-coolchic] [--skip-intra] [--anchors-only]
                              [--resume] [--psnr-mode mse411]
                              [--out bench/results/rd_video.tsv]
@@ -70,7 +70,7 @@ def frame_size(args) -> tuple:
 
 def _run_key(args, p_pos) -> str:
     return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{args.dec_cfg_inter}|"
-            f"p{','.join(map(str, p_pos))}")
+            f"{args.dec_cfg_b}|p{','.join(map(str, p_pos))}")
 
 
 def _point(codec, param, n_bytes, frames, decoded, seconds, psnr_mode) -> dict:
@@ -96,7 +96,8 @@ def encode_coolchic(codec, frames, lmbda, args, p_pos, threads):
         from coolchic.encoder.video import encode_video
 
         res = encode_video(raws, intra_pos=(0,), p_pos=tuple(p_pos), lmbda=lmbda, preset=args.preset,
-                           dec_cfg=args.dec_cfg, dec_cfg_inter=args.dec_cfg_inter, threads=threads, workdir=None)
+                           dec_cfg=args.dec_cfg, dec_cfg_inter=args.dec_cfg_inter, dec_cfg_b=args.dec_cfg_b,
+                           threads=threads, workdir=None)
         n_bytes = len(res.bitstream)
         decoded = [tuple(r.planes) for r in res.decoded]
     else:
@@ -154,7 +155,8 @@ def main() -> None:
     ap.add_argument("--lmbda", default="0.004,0.002,0.001,0.0005", help="coolchic lambdas")
     ap.add_argument("--preset", default="fast", help="coolchic encoder preset")
     ap.add_argument("--dec-cfg", default="mop", help="coolchic decoder configuration (intra frames)")
-    ap.add_argument("--dec-cfg-inter", default="inter", help="coolchic decoder configuration of P and B frames")
+    ap.add_argument("--dec-cfg-inter", default="inter", help="coolchic decoder configuration of P frames")
+    ap.add_argument("--dec-cfg-b", default="inter_b", help="coolchic decoder configuration of B frames")
     ap.add_argument("--threads", type=int, default=None, help="coolchic encoder threads (default: all cores)")
     ap.add_argument("--crfs", default="22,27,32,37,42", help="x265 / x264 CRFs")
     ap.add_argument("--gop", type=int, default=None, help="x265 / x264 intra period (default: --n-frames)")

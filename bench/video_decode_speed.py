@@ -41,7 +41,7 @@ def make(path: Path, dec_cfg_inter: str) -> None:
         cfg = Path(d) / "short.cfg"
         cfg.write_text("n_itr = 60\nwarmup = 1x20\nfinal_itr = 10\nrdoq = false\n")
         res = encode_video(frames, (0,), (2,), lmbda=0.002, preset=str(cfg), dec_cfg="mop",
-                           dec_cfg_inter=dec_cfg_inter, threads=2)
+                           dec_cfg_inter=dec_cfg_inter, dec_cfg_b=dec_cfg_inter, threads=2)
     path.write_bytes(res.bitstream)
     print(f"wrote {path}: {len(res.bitstream)} bytes, " + ", ".join(
         f"{s['type']}{s['display_index']} {s['bytes']} B {s['psnr_db']:.2f} dB" for s in res.frames))

@@ -109,10 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--intra-period", "--intra_period", type=positive_int, default=None, metavar="K",
                      help="one intra frame every K frames (instead of --intra-pos)")
     vid.add_argument("--dec-cfg-inter", "--dec_cfg_inter", default="inter", metavar="NAME",
-                     help="decoder configuration of the P and B frames, whose Cool-chic also outputs the motion, "
+                     help="decoder configuration of the P frames, whose Cool-chic also outputs the motion, "
                      "mask and blend (default inter: lop with one 3x3 residual layer)")
+    vid.add_argument("--dec-cfg-b", "--dec_cfg_b", default="inter_b", metavar="NAME",
+                     help="decoder configuration of the B frames (default inter_b: latents from 1/8 of the "
+                     "resolution down, small networks, as a B frame is mostly predicted)")
     vid.add_argument("--no-motion-init", dest="motion_init", action="store_false",
-                     help="start the motion from zero instead of an optical-flow estimate (OpenCV DIS)")
+                     help="start the B frames' motion from zero instead of an optical-flow estimate (OpenCV "
+                     "DIS); P frames always start from zero")
 
     rd = p.add_argument_group("rate-distortion and effort")
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
@@ -271,7 +275,8 @@ def _encode_video(args: argparse.Namespace, t_start: float) -> int:
             print(f"coolchic: {text}", file=sys.stderr, flush=True)
 
     res = encode_video(frames, intra, p_pos, lmbda=args.lmbda, preset=args.preset, dec_cfg=args.dec_cfg,
-                       dec_cfg_inter=args.dec_cfg_inter, overrides=decoder_overrides(args), n_itr=args.n_itr,
+                       dec_cfg_inter=args.dec_cfg_inter, dec_cfg_b=args.dec_cfg_b, overrides=decoder_overrides(args),
+                       n_itr=args.n_itr,
                        device=args.device, threads=args.threads, workdir=args.workdir, seed=args.seed,
                        n_substreams=args.substreams, fps=frame_rate_from_name(args.input),
                        motion_init=args.motion_init, log_fn=log_line, frame_callback=frame_done,

@@ -14,9 +14,11 @@ frame at hierarchy depth ``d`` uses lambda ``1.5^d * lmbda`` and
 ``max(1 - 0.2 d, 0.1)`` of the main phase's iterations
 (:func:`frame_lambda`, :func:`frame_preset`). The motion starts from an
 optical-flow estimate (:func:`estimate_motion`: OpenCV's DIS when
-``opencv-python-headless`` is installed, else none): an inter frame trains
-one candidate, first pulled towards that flow (``FrameEncoder.motion_guidance``)
-for ``MOTION_PRETRAIN_FRACTION`` of its main iterations, then on its own.
+``opencv-python-headless`` is installed, else none), averaged over blocks of
+``MOTION_GUIDANCE_BLOCK`` pixels: an inter frame trains one candidate; a B
+frame's is first pulled towards that flow (``FrameEncoder.motion_guidance``)
+for ``MOTION_PRETRAIN_FRACTION`` of its main iterations, then on its own. A P
+frame's motion starts from zero, which measured better (``GUIDED_FRAME_TYPES``).
 
 With ``workdir``, each finished frame's section is kept
 (``frame_NNN.section``, with a fingerprint of everything that produced it):
@@ -61,6 +63,15 @@ MOTION_PRETRAIN_FRACTION = 0.3  # iterations pulled towards the optical flow, in
 # Weight of the mean squared motion error (pixels^2) against the image MSE (in [0, 1]^2 units):
 # a 1-pixel error costs about what a 30 dB image does.
 MOTION_GUIDANCE_WEIGHT = 1e-3
+# The flow that guides the motion is averaged over blocks of this many pixels a side, then
+# upsampled back (bilinear): DIS's pixel-level detail is noise to a coder, and pulling the
+# motion towards it made a P frame's latents spend on that detail (bench/motion_probe.py:
+# at 1/8 of the resolution the flow predicts within 0.1-0.9 dB of the full-resolution one).
+MOTION_GUIDANCE_BLOCK = 8
+# Frame types whose motion starts from the flow. On the bikes clip (lambda 0.004, quick.cfg, the
+# P frame 4 frames from its reference) a guided P frame cost 1623 bytes at 40.21 dB (1298 at
+# 39.42 with the flow averaged), an unguided one 918 at 40.35; unguided B frames lost 0.7-2.4 dB.
+GUIDED_FRAME_TYPES = ("B",)
 
 
 @dataclass(frozen=True)
@@ -143,9 +154,10 @@ def frame_preset(preset: EncoderPreset, spec: FrameSpec) -> EncoderPreset:
     return dataclasses.replace(preset, warmup=(WarmupPhase(1, pre),))
 
 
-def estimate_motion(frame: RawImage, ref: RawImage) -> Optional[np.ndarray]:
+def estimate_motion(frame: RawImage, ref: RawImage, block: int = MOTION_GUIDANCE_BLOCK) -> Optional[np.ndarray]:
     """``(2, H, W)`` float32 motion (dx, dy) in pixels with ``frame(x) ~ ref(x + v(x))``,
-    from OpenCV's DIS optical flow on the first plane (luma); None without OpenCV."""
+    from OpenCV's DIS optical flow on the first plane (luma), averaged over ``block`` x
+    ``block`` pixels and upsampled back bilinearly (1: as DIS gives it); None without OpenCV."""
     try:
         import cv2
     except ImportError:
@@ -157,6 +169,10 @@ def estimate_motion(frame: RawImage, ref: RawImage) -> Optional[np.ndarray]:
 
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     flow = dis.calc(luma8(frame), luma8(ref), None)
+    if block > 1:
+        h, w = flow.shape[:2]
+        small = cv2.resize(flow, (max(1, -(-w // block)), max(1, -(-h // block))), interpolation=cv2.INTER_AREA)
+        flow = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(flow.transpose(2, 0, 1).astype(np.float32))
 
 
@@ -179,6 +195,7 @@ def encode_video(
     preset: str = "fast",
     dec_cfg: str = "mop",
     dec_cfg_inter: str = "inter",
+    dec_cfg_b: Optional[str] = "inter_b",
     overrides: Optional[Mapping[str, Any]] = None,
     n_itr: Optional[int] = None,
     device: str = "cpu",
@@ -196,9 +213,12 @@ def encode_video(
 
     ``intra_pos``, ``p_pos``: display indices of the I and P frames (every other
     frame is a hierarchical B frame). ``dec_cfg`` is the intra frames' decoder
-    configuration, ``dec_cfg_inter`` the P and B frames' (default ``inter``,
-    cfg/dec/inter.cfg: lop with one 3x3 residual layer).
-    ``motion_init``: start the motion from an optical-flow estimate.
+    configuration, ``dec_cfg_inter`` the P frames' (default ``inter``,
+    cfg/dec/inter.cfg: lop with one 3x3 residual layer), ``dec_cfg_b`` the B
+    frames' (default ``inter_b``: latents at 1/8 of the resolution and
+    coarser, small networks; None: ``dec_cfg_inter``).
+    ``motion_init``: start the B frames' motion from an optical-flow estimate
+    (P frames always start from zero: ``GUIDED_FRAME_TYPES``).
     ``frame_callback(k, n, summary)`` after each frame (k-th in decoding order);
     ``progress_fn(total_iterations)`` -> (bar or None, training callback) for each frame.
     Raises ConfigError for bad options, EncodeError if a frame does not decode
@@ -221,6 +241,7 @@ def encode_video(
         base_preset = with_main_iterations(base_preset, n_itr)
     cfg_intra = load_decoder_config(dec_cfg)
     cfg_inter = load_decoder_config(dec_cfg_inter)
+    cfg_b = cfg_inter if dec_cfg_b is None else load_decoder_config(dec_cfg_b)
     n_sub = n_substreams or default_substreams(first.height)
     h, w = first.height, first.width
     seq_header = SequenceHeader(h, w, first.frame_data_type, first.bitdepth, n, fps, 0)
@@ -236,7 +257,8 @@ def encode_video(
         refs = [decoded[r] for r in spec.refs]
         lam = frame_lambda(lmbda, spec)
         fpreset = frame_preset(base_preset, spec)
-        param = decoder_config_to_param(cfg_intra if spec.frame_type == "I" else cfg_inter, overrides, (h, w))
+        cfg = {"I": cfg_intra, "P": cfg_inter, "B": cfg_b}[spec.frame_type]
+        param = decoder_config_to_param(cfg, overrides, (h, w))
         meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,
                 "n_frames": n, "motion_init": motion_init, "version": __version__}
         fp = _fingerprint(target, refs, spec, meta)
@@ -282,7 +304,7 @@ def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n
                 motion_init, log_fn, progress_fn) -> Tuple[bytes, RawImage, Dict[str, int]]:
     dense_refs = [torch.from_numpy(dense_reference(r.planes, r.bitdepth))[None] for r in refs]
     guidance = None
-    if spec.frame_type != "I" and motion_init:
+    if spec.frame_type in GUIDED_FRAME_TYPES and motion_init:
         flows = [estimate_motion(target, r) for r in refs]
         if all(f is not None for f in flows):
             guidance = (torch.from_numpy(np.concatenate(flows))[None], MOTION_GUIDANCE_WEIGHT)

@@ -189,6 +189,29 @@ def test_resumed_sequence_reuses_finished_frames(ipb):
     assert again.bitstream == res.bitstream
 
 
+def test_b_frames_get_their_own_decoder_configuration(tmp_path):
+    """``dec_cfg_b`` sets the B frames' architecture, ``dec_cfg_inter`` the P frames'; the
+    default B configuration has no latents finer than 1/8 of the resolution."""
+    from coolchic.decoder_runtime.sequence import read_sequence_frame
+    from coolchic.encoder.presets import decoder_config_to_param, load_decoder_config
+    from coolchic.encoder.video import encode_video
+
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(TINY_CFG)
+    b_cfg = tmp_path / "b.cfg"
+    b_cfg.write_text("arm = 8,0\nlayers_synthesis = X-1-linear-none\nlatent_resolution = 1-3\n")
+    res = encode_video(_crop_frames(), (0,), (2,), lmbda=1e-3, preset=str(cfg), dec_cfg="vlop",
+                       dec_cfg_inter="vlop", dec_cfg_b=str(b_cfg), threads=1)
+    header, entries = index_sequence(res.bitstream)
+    arch = {e.spec.frame_type: read_sequence_frame(res.bitstream, header, e).arch for e in entries}
+    assert arch["B"].latent_resolution == (1, 3) and arch["B"].n_hidden_layers_arm == 0
+    # X: Y, U, V, then per reference a mask or blend and a motion field: 9 channels.
+    assert [str(x) for x in arch["B"].layers_synthesis] == ["9-1-linear-none"]
+    assert arch["P"].latent_resolution[0] == 0 and arch["P"].n_hidden_layers_arm == 1
+    default_b = decoder_config_to_param(load_decoder_config("inter_b"), None, (272, 640))
+    assert default_b.latent_resolution == (3, 6)
+
+
 def _rewrite(data: bytes, n_frames=None, drop_last=False) -> bytes:
     """The same sections under another header; optionally without the last section."""
     header, entries = index_sequence(data)
