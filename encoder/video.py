@@ -14,11 +14,11 @@ frame at hierarchy depth ``d`` uses lambda ``1.5^d * lmbda`` and
 ``max(1 - 0.2 d, 0.1)`` of the main phase's iterations
 (:func:`frame_lambda`, :func:`frame_preset`). The motion starts from an
 optical-flow estimate (:func:`estimate_motion`: OpenCV's DIS when
-``opencv-python-headless`` is installed, else none), averaged over blocks of
-``MOTION_GUIDANCE_BLOCK`` pixels: an inter frame trains one candidate; a B
-frame's is first pulled towards that flow (``FrameEncoder.motion_guidance``)
-for ``MOTION_PRETRAIN_FRACTION`` of its main iterations, then on its own. A P
-frame's motion starts from zero, which measured better (``GUIDED_FRAME_TYPES``).
+``opencv-python-headless`` is installed, else none): an inter frame trains
+one candidate; a B frame's is first pulled towards that flow
+(``FrameEncoder.motion_guidance``) for ``MOTION_PRETRAIN_FRACTION`` of its
+main iterations, then on its own. A P frame's motion starts from zero, which
+measured better (``GUIDED_FRAME_TYPES``).
 
 With ``workdir``, each finished frame's section is kept
 (``frame_NNN.section``, with a fingerprint of everything that produced it):
@@ -63,14 +63,9 @@ MOTION_PRETRAIN_FRACTION = 0.3  # iterations pulled towards the optical flow, in
 # Weight of the mean squared motion error (pixels^2) against the image MSE (in [0, 1]^2 units):
 # a 1-pixel error costs about what a 30 dB image does.
 MOTION_GUIDANCE_WEIGHT = 1e-3
-# The flow that guides the motion is averaged over blocks of this many pixels a side, then
-# upsampled back (bilinear): DIS's pixel-level detail is noise to a coder, and pulling the
-# motion towards it made a P frame's latents spend on that detail (bench/motion_probe.py:
-# at 1/8 of the resolution the flow predicts within 0.1-0.9 dB of the full-resolution one).
-MOTION_GUIDANCE_BLOCK = 8
 # Frame types whose motion starts from the flow. On the bikes clip (lambda 0.004, quick.cfg, the
-# P frame 4 frames from its reference) a guided P frame cost 1623 bytes at 40.21 dB (1298 at
-# 39.42 with the flow averaged), an unguided one 918 at 40.35; unguided B frames lost 0.7-2.4 dB.
+# P frame 4 frames from its reference) a guided P frame cost 1623 bytes at 40.21 dB, an unguided
+# one 918 at 40.35; unguided B frames lost 0.7-2.4 dB (docs/video.md).
 GUIDED_FRAME_TYPES = ("B",)
 
 
@@ -154,10 +149,9 @@ def frame_preset(preset: EncoderPreset, spec: FrameSpec) -> EncoderPreset:
     return dataclasses.replace(preset, warmup=(WarmupPhase(1, pre),))
 
 
-def estimate_motion(frame: RawImage, ref: RawImage, block: int = MOTION_GUIDANCE_BLOCK) -> Optional[np.ndarray]:
+def estimate_motion(frame: RawImage, ref: RawImage) -> Optional[np.ndarray]:
     """``(2, H, W)`` float32 motion (dx, dy) in pixels with ``frame(x) ~ ref(x + v(x))``,
-    from OpenCV's DIS optical flow on the first plane (luma), averaged over ``block`` x
-    ``block`` pixels and upsampled back bilinearly (1: as DIS gives it); None without OpenCV."""
+    from OpenCV's DIS optical flow on the first plane (luma); None without OpenCV."""
     try:
         import cv2
     except ImportError:
@@ -169,10 +163,6 @@ def estimate_motion(frame: RawImage, ref: RawImage, block: int = MOTION_GUIDANCE
 
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     flow = dis.calc(luma8(frame), luma8(ref), None)
-    if block > 1:
-        h, w = flow.shape[:2]
-        small = cv2.resize(flow, (max(1, -(-w // block)), max(1, -(-h // block))), interpolation=cv2.INTER_AREA)
-        flow = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(flow.transpose(2, 0, 1).astype(np.float32))
 
 
