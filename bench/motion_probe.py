@@ -35,19 +35,14 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE))
+from rd_kodak import psnr  # noqa: E402  (also puts the repository on sys.path)
+from rd_video import VIDEO  # noqa: E402
 from video_anchors import encode_ffmpeg, psnr_yuv, read_yuv420  # noqa: E402
 
 from coolchic.decoder_runtime.coding_structure import coding_structure  # noqa: E402
 
-CLIP = HERE.parent.parent / "shared" / "data" / "video" / "bikes_640x272_25p_yuv420_8b.yuv"
 QUARTER_PEL = 4
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0 ** 2 / max(mse, 1e-12))
 
 
 def entropy_bits(values: np.ndarray) -> float:
@@ -69,7 +64,7 @@ def main() -> None:
     import cv2
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--input", type=Path, default=CLIP)
+    ap.add_argument("--input", type=Path, default=VIDEO)
     ap.add_argument("--size", default="640x272")
     ap.add_argument("--n-frames", type=int, default=9)
     ap.add_argument("--p-pos", default="8", help="P frame positions (default 8: random access)")

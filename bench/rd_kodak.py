@@ -50,9 +50,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 KODAK = SHARED / "data" / "kodak"
+REFERENCE_RESULTS = SHARED / "reference" / "coolchic-results"
 REFERENCE_TABLES = {  # anchor name: published per-image table
-    "reference-coolchic-5.0-estimates": SHARED / "reference" / "coolchic-results" / "v5.0-image-kodak.tsv",
-    "reference-coolchic-4.2-files": SHARED / "reference" / "coolchic-results" / "v4.2-image-kodak.tsv",
+    "reference-coolchic-5.0-estimates": REFERENCE_RESULTS / "v5.0-image-kodak.tsv",
+    "reference-coolchic-4.2-files": REFERENCE_RESULTS / "v4.2-image-kodak.tsv",
 }
 
 

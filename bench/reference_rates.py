@@ -35,9 +35,8 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from rd_kodak import KODAK, SHARED, psnr  # noqa: E402
+from rd_kodak import KODAK, REFERENCE_RESULTS, REFERENCE_TABLES, SHARED, psnr  # noqa: E402
 
-RESULTS = SHARED / "reference" / "coolchic-results"
 SAMPLE = SHARED / "data" / "coolchic-bitstreams" / "kodim14.cool"
 SAMPLE_IMAGE, SAMPLE_LMBDA = "kodim14", 0.001
 MAX_TOLERANCE = 0.25  # bytes; beyond it a row cannot tell a file from an estimate
@@ -74,12 +73,12 @@ def main() -> None:
     args = ap.parse_args()
 
     print("table\twhole-byte rates\texpected by chance")
-    for table in sorted(RESULTS.glob("*.tsv")):
+    for table in sorted(REFERENCE_RESULTS.glob("*.tsv")):
         hits, n, chance = whole_byte_share(table)
         if n:
             print(f"{table.name}\t{hits} of {n}\t{chance:.1f}")
 
-    (row,) = [r for r in _rows(RESULTS / "v5.0-image-kodak.tsv")
+    (row,) = [r for r in _rows(REFERENCE_TABLES["reference-coolchic-5.0-estimates"])
               if r["seq_name"] == SAMPLE_IMAGE and float(r["lmbda"]) == SAMPLE_LMBDA]
     n_pix = int(row["n_pixels"])
     file_bpp = 8 * SAMPLE.stat().st_size / n_pix
