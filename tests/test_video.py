@@ -212,6 +212,31 @@ def test_b_frames_get_their_own_decoder_configuration(tmp_path):
     assert default_b.latent_resolution == (3, 6)
 
 
+def test_frame_presets_and_lambdas_by_frame_type(tmp_path):
+    """I frames keep the preset; a P frame trains one candidate whose warm-up is 0.3 of its
+    main phase; a B frame trains 2.5 times the preset's main iterations at every depth, with
+    lambda 1.5^depth times the sequence's."""
+    from coolchic.decoder_runtime.coding_structure import FrameSpec
+    from coolchic.encoder.presets import load_encoder_preset
+    from coolchic.encoder.video import frame_lambda, frame_preset
+
+    cfg = tmp_path / "p.cfg"
+    cfg.write_text("n_itr = 400\nwarmup = 2x50,1x50\nfinal_itr = 100\nrdoq = false\n")
+    preset = load_encoder_preset(str(cfg))
+
+    def shape(spec):
+        p = frame_preset(preset, spec)
+        return ([(w.candidates, w.training_phase.max_itr) for w in p.warmup],
+                [ph.max_itr for ph in p.training_phases])
+
+    assert shape(FrameSpec(0, "I", (), 0)) == ([(2, 50), (1, 50)], [400, 100])
+    assert shape(FrameSpec(8, "P", (0,), 0)) == ([(1, 120)], [400, 100])
+    assert shape(FrameSpec(4, "B", (0, 8), 1)) == ([(1, 300)], [1000, 100])
+    assert shape(FrameSpec(1, "B", (0, 2), 3)) == ([(1, 300)], [1000, 100])
+    assert frame_lambda(0.002, FrameSpec(8, "P", (0,), 0)) == 0.002
+    assert frame_lambda(0.002, FrameSpec(2, "B", (0, 4), 2)) == pytest.approx(0.0045)
+
+
 def _rewrite(data: bytes, n_frames=None, drop_last=False) -> bytes:
     """The same sections under another header; optionally without the last section."""
     header, entries = index_sequence(data)
