@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decoder configuration of the B frames (default inter_b: latents from 1/8 of the "
                      "resolution down, small networks, as a B frame is mostly predicted)")
     vid.add_argument("--no-motion-init", dest="motion_init", action="store_false",
-                     help="start the B frames' motion from zero instead of an optical-flow estimate (OpenCV "
-                     "DIS); P frames always start from zero")
+                     help="start every frame's motion from zero instead of an optical-flow estimate "
+                     "(OpenCV DIS), which B frames and the P frames right after their reference use")
 
     rd = p.add_argument_group("rate-distortion and effort")
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",

@@ -17,8 +17,9 @@ optical-flow estimate (:func:`estimate_motion`: OpenCV's DIS when
 ``opencv-python-headless`` is installed, else none): an inter frame trains
 one candidate; a B frame's is first pulled towards that flow
 (``FrameEncoder.motion_guidance``) for ``MOTION_PRETRAIN_FRACTION`` of its
-main iterations, then on its own. A P frame's motion starts from zero, which
-measured better (``GUIDED_FRAME_TYPES``).
+main iterations, then on its own. A P frame's is guided only when its
+reference is the frame just before it; further away its motion starts from
+zero, which measured better (:func:`motion_guided`).
 
 With ``workdir``, each finished frame's section is kept
 (``frame_NNN.section``, with a fingerprint of everything that produced it):
@@ -69,10 +70,12 @@ MOTION_PRETRAIN_FRACTION = 0.3  # iterations pulled towards the optical flow, in
 # Weight of the mean squared motion error (pixels^2) against the image MSE (in [0, 1]^2 units):
 # a 1-pixel error costs about what a 30 dB image does.
 MOTION_GUIDANCE_WEIGHT = 1e-3
-# Frame types whose motion starts from the flow. On the bikes clip (lambda 0.004, quick.cfg, the
-# P frame 4 frames from its reference) a guided P frame cost 1623 bytes at 40.21 dB, an unguided
-# one 918 at 40.35; unguided B frames lost 0.7-2.4 dB (docs/video.md).
-GUIDED_FRAME_TYPES = ("B",)
+# Farthest reference of a P frame whose motion starts from the flow (B frames always do). On the
+# bikes clip (quick.cfg, docs/video.md): a P frame 4 frames from its reference cost 1623 bytes at
+# 40.21 dB guided, 918 at 40.35 unguided (lambda 0.004); low-delay P frames, 1 frame from theirs,
+# took 9212 bytes at 41.38 dB guided, 10 225 at 40.88 unguided (9 frames, lambda 0.002).
+# Unguided B frames lost 0.7-2.4 dB.
+P_GUIDANCE_MAX_DISTANCE = 1
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,14 @@ def frame_preset(preset: EncoderPreset, spec: FrameSpec) -> EncoderPreset:
     return dataclasses.replace(preset, warmup=(WarmupPhase(1, pre),))
 
 
+def motion_guided(spec: FrameSpec) -> bool:
+    """Whether a frame's motion is first pulled towards the optical flow: every B frame, and a
+    P frame at most ``P_GUIDANCE_MAX_DISTANCE`` frames after its reference."""
+    if spec.frame_type == "B":
+        return True
+    return spec.frame_type == "P" and abs(spec.display_index - spec.refs[0]) <= P_GUIDANCE_MAX_DISTANCE
+
+
 def estimate_motion(frame: RawImage, ref: RawImage) -> Optional[np.ndarray]:
     """``(2, H, W)`` float32 motion (dx, dy) in pixels with ``frame(x) ~ ref(x + v(x))``,
     from OpenCV's DIS optical flow on the first plane (luma); None without OpenCV."""
@@ -213,8 +224,9 @@ def encode_video(
     cfg/dec/inter.cfg: lop with one 3x3 residual layer), ``dec_cfg_b`` the B
     frames' (default ``inter_b``: latents at 1/8 of the resolution and
     coarser, small networks; None: ``dec_cfg_inter``).
-    ``motion_init``: start the B frames' motion from an optical-flow estimate
-    (P frames always start from zero: ``GUIDED_FRAME_TYPES``).
+    ``motion_init``: start the motion of the B frames, and of the P frames
+    whose reference is the frame before, from an optical-flow estimate
+    (:func:`motion_guided`).
     ``frame_callback(k, n, summary)`` after each frame (k-th in decoding order);
     ``progress_fn(total_iterations)`` -> (bar or None, training callback) for each frame.
     Raises ConfigError for bad options, EncodeError if a frame does not decode
@@ -256,7 +268,7 @@ def encode_video(
         cfg = {"I": cfg_intra, "P": cfg_inter, "B": cfg_b}[spec.frame_type]
         param = decoder_config_to_param(cfg, overrides, (h, w))
         meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,
-                "n_frames": n, "motion_init": motion_init, "version": __version__}
+                "n_frames": n, "guided": motion_init and motion_guided(spec), "version": __version__}
         fp = _fingerprint(target, refs, spec, meta)
         name = f"frame_{spec.display_index:03d}"
         section_path = os.path.join(workdir, name + ".section") if workdir else None
@@ -300,7 +312,7 @@ def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n
                 motion_init, log_fn, progress_fn) -> Tuple[bytes, RawImage, Dict[str, int]]:
     dense_refs = [torch.from_numpy(dense_reference(r.planes, r.bitdepth))[None] for r in refs]
     guidance = None
-    if spec.frame_type in GUIDED_FRAME_TYPES and motion_init:
+    if motion_init and motion_guided(spec):
         flows = [estimate_motion(target, r) for r in refs]
         if all(f is not None for f in flows):
             guidance = (torch.from_numpy(np.concatenate(flows))[None], MOTION_GUIDANCE_WEIGHT)

@@ -237,6 +237,18 @@ def test_frame_presets_and_lambdas_by_frame_type(tmp_path):
     assert frame_lambda(0.002, FrameSpec(2, "B", (0, 4), 2)) == pytest.approx(0.0045)
 
 
+def test_optical_flow_guides_b_frames_and_p_frames_next_to_their_reference():
+    from coolchic.decoder_runtime.coding_structure import FrameSpec, coding_structure
+    from coolchic.encoder.video import motion_guided
+
+    low_delay = coding_structure(4, (0,), (1, 2, 3))
+    assert [motion_guided(s) for s in low_delay] == [False, True, True, True]
+    random_access = coding_structure(5, (0,), (4,))  # I0 P4 B2 B1 B3
+    assert [(s.display_index, motion_guided(s)) for s in random_access] == [
+        (0, False), (4, False), (2, True), (1, True), (3, True)]
+    assert not motion_guided(FrameSpec(3, "P", (1,), 0))
+
+
 def _rewrite(data: bytes, n_frames=None, drop_last=False) -> bytes:
     """The same sections under another header; optionally without the last section."""
     header, entries = index_sequence(data)
