@@ -276,8 +276,7 @@ def _encode_video(args: argparse.Namespace, t_start: float) -> int:
 
     res = encode_video(frames, intra, p_pos, lmbda=args.lmbda, preset=args.preset, dec_cfg=args.dec_cfg,
                        dec_cfg_inter=args.dec_cfg_inter, dec_cfg_b=args.dec_cfg_b, overrides=decoder_overrides(args),
-                       n_itr=args.n_itr,
-                       device=args.device, threads=args.threads, workdir=args.workdir, seed=args.seed,
+                       n_itr=args.n_itr, device=args.device, threads=args.threads, workdir=args.workdir, seed=args.seed,
                        n_substreams=args.substreams, fps=frame_rate_from_name(args.input),
                        motion_init=args.motion_init, log_fn=log_line, frame_callback=frame_done,
                        progress_fn=progress if (bars or log_every) else None)

@@ -163,7 +163,7 @@ def motion_guided(spec: FrameSpec) -> bool:
     P frame at most ``P_GUIDANCE_MAX_DISTANCE`` frames after its reference."""
     if spec.frame_type == "B":
         return True
-    return spec.frame_type == "P" and abs(spec.display_index - spec.refs[0]) <= P_GUIDANCE_MAX_DISTANCE
+    return spec.frame_type == "P" and spec.display_index - spec.refs[0] <= P_GUIDANCE_MAX_DISTANCE
 
 
 def estimate_motion(frame: RawImage, ref: RawImage) -> Optional[np.ndarray]:
@@ -267,8 +267,9 @@ def encode_video(
         fpreset = frame_preset(base_preset, spec)
         cfg = {"I": cfg_intra, "P": cfg_inter, "B": cfg_b}[spec.frame_type]
         param = decoder_config_to_param(cfg, overrides, (h, w))
+        guided = motion_init and motion_guided(spec)
         meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,
-                "n_frames": n, "guided": motion_init and motion_guided(spec), "version": __version__}
+                "n_frames": n, "guided": guided, "version": __version__}
         fp = _fingerprint(target, refs, spec, meta)
         name = f"frame_{spec.display_index:03d}"
         section_path = os.path.join(workdir, name + ".section") if workdir else None
@@ -283,7 +284,7 @@ def encode_video(
         sizes = {}
         if section is None:
             section, own, sizes = _encode_one(target, refs, spec, param, fpreset, lam, device, threads, seed, n_sub, n,
-                                       os.path.join(workdir, name) if workdir else None, motion_init, log_fn,
+                                       os.path.join(workdir, name) if workdir else None, guided, log_fn,
                                        progress_fn)
         else:
             own = None
@@ -309,10 +310,10 @@ def encode_video(
 
 
 def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n_sub, n_frames, workdir,
-                motion_init, log_fn, progress_fn) -> Tuple[bytes, RawImage, Dict[str, int]]:
+                guided, log_fn, progress_fn) -> Tuple[bytes, RawImage, Dict[str, int]]:
     dense_refs = [torch.from_numpy(dense_reference(r.planes, r.bitdepth))[None] for r in refs]
     guidance = None
-    if motion_init and motion_guided(spec):
+    if guided:
         flows = [estimate_motion(target, r) for r in refs]
         if all(f is not None for f in flows):
             guidance = (torch.from_numpy(np.concatenate(flows))[None], MOTION_GUIDANCE_WEIGHT)
