@@ -3,7 +3,7 @@ and coolchic all-intra, on YUV 4:2:0.
 
     python bench/rd_video.py [--video PATH] [--size WxH] [--n-frames 9]
                              [--lmbda 0.004,0.002,0.001,0.0005] [--preset fast]
-                             [--dec-cfg mop] [--dec-cfg-inter inter] [--dec-cfg-b inter_b] [--crfs 22,27,32,37,42] [--gop N]
+                             [--dec-cfg mop] [--dec-cfg-inter NAME] [--dec-cfg-b inter_b] [--crfs 22,27,32,37,42] [--gop N]
                              [--skip-coolchic] [--skip-intra] [--anchors-only]
                              [--resume] [--psnr-mode mse411]
                              [--out bench/results/rd_video.tsv]
@@ -69,7 +69,14 @@ def frame_size(args) -> tuple:
 
 
 def _run_key(args, p_pos) -> str:
-    return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{args.dec_cfg_inter}|"
+    from coolchic.decoder_runtime.coding_structure import coding_structure
+    from coolchic.encoder.video import inter_decoder_config
+
+    # The P frames' configurations as resolved, so that a default that picks them by distance
+    # keys the same run as naming them.
+    p_cfgs = sorted({inter_decoder_config(s, args.dec_cfg_inter, args.dec_cfg_b)
+                     for s in coding_structure(args.n_frames, (0,), tuple(p_pos)) if s.frame_type == "P"})
+    return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{','.join(p_cfgs)}|"
             f"{args.dec_cfg_b}|p{','.join(map(str, p_pos))}")
 
 
@@ -155,7 +162,9 @@ def main() -> None:
     ap.add_argument("--lmbda", default="0.004,0.002,0.001,0.0005", help="coolchic lambdas")
     ap.add_argument("--preset", default="fast", help="coolchic encoder preset")
     ap.add_argument("--dec-cfg", default="mop", help="coolchic decoder configuration (intra frames)")
-    ap.add_argument("--dec-cfg-inter", default="inter", help="coolchic decoder configuration of P frames")
+    ap.add_argument("--dec-cfg-inter", default=None,
+                    help="coolchic decoder configuration of P frames (default: by distance to the reference, "
+                    "as coolchic-encode)")
     ap.add_argument("--dec-cfg-b", default="inter_b", help="coolchic decoder configuration of B frames")
     ap.add_argument("--threads", type=int, default=None, help="coolchic encoder threads (default: all cores)")
     ap.add_argument("--crfs", default="22,27,32,37,42", help="x265 / x264 CRFs")

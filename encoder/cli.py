@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="display indices of the P frames, same syntax (default none)")
     vid.add_argument("--intra-period", "--intra_period", type=positive_int, default=None, metavar="K",
                      help="one intra frame every K frames (instead of --intra-pos)")
-    vid.add_argument("--dec-cfg-inter", "--dec_cfg_inter", default="inter", metavar="NAME",
+    vid.add_argument("--dec-cfg-inter", "--dec_cfg_inter", default=None, metavar="NAME",
                      help="decoder configuration of the P frames, whose Cool-chic also outputs the motion, "
-                     "mask and blend (default inter: lop with one 3x3 residual layer)")
+                     "mask and blend (default: the B frames' for a P frame right after its reference, as in "
+                     "low delay; inter, lop with one 3x3 residual layer, further away)")
     vid.add_argument("--dec-cfg-b", "--dec_cfg_b", default="inter_b", metavar="NAME",
                      help="decoder configuration of the B frames (default inter_b: latents from 1/8 of the "
                      "resolution down, small networks, as a B frame is mostly predicted)")

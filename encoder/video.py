@@ -18,8 +18,10 @@ optical-flow estimate (:func:`estimate_motion`: OpenCV's DIS when
 one candidate; a B frame's is first pulled towards that flow
 (``FrameEncoder.motion_guidance``) for ``MOTION_PRETRAIN_FRACTION`` of its
 main iterations, then on its own. A P frame's is guided only when its
-reference is the frame just before it; further away its motion starts from
-zero, which measured better (:func:`motion_guided`).
+reference is the frame just before it (a near P frame, :func:`near_p`), which
+also takes the B frames' small decoder by default; further away its motion
+starts from zero and its latents start at full resolution, which measured
+better (:func:`motion_guided`, :func:`inter_decoder_config`).
 
 With ``workdir``, each finished frame's section is kept
 (``frame_NNN.section``, with a fingerprint of everything that produced it):
@@ -70,12 +72,14 @@ MOTION_PRETRAIN_FRACTION = 0.3  # iterations pulled towards the optical flow, in
 # Weight of the mean squared motion error (pixels^2) against the image MSE (in [0, 1]^2 units):
 # a 1-pixel error costs about what a 30 dB image does.
 MOTION_GUIDANCE_WEIGHT = 1e-3
-# Farthest reference of a P frame whose motion starts from the flow (B frames always do). On the
-# bikes clip (quick.cfg, docs/video.md): a P frame 4 frames from its reference cost 1623 bytes at
-# 40.21 dB guided, 918 at 40.35 unguided (lambda 0.004); low-delay P frames, 1 frame from theirs,
-# took 9212 bytes at 41.38 dB guided, 10 225 at 40.88 unguided (9 frames, lambda 0.002).
-# Unguided B frames lost 0.7-2.4 dB.
-P_GUIDANCE_MAX_DISTANCE = 1
+# Farthest reference of a "near" P frame, one whose motion starts from the flow (B frames always
+# do) and whose default decoder is the B frames' small one. On the bikes clip (quick.cfg,
+# docs/video.md): a P frame 4 frames from its reference cost 1623 bytes at 40.21 dB guided, 918 at
+# 40.35 unguided (lambda 0.004); low-delay P frames, 1 frame from theirs, took 9212 bytes at 41.38 dB
+# guided, 10 225 at 40.88 unguided (9 frames, lambda 0.002), and 4881 at 41.37 with inter_b instead
+# of inter. Unguided B frames lost 0.7-2.4 dB. A P frame 8 frames away with inter_b: the sequence
+# took 3860 bytes at 40.20 dB against 4154 at 41.48 with inter (random access, lambda 0.002).
+NEAR_P_MAX_DISTANCE = 1
 
 
 @dataclass(frozen=True)
@@ -158,12 +162,27 @@ def frame_preset(preset: EncoderPreset, spec: FrameSpec) -> EncoderPreset:
     return dataclasses.replace(preset, warmup=(WarmupPhase(1, pre),))
 
 
+def near_p(spec: FrameSpec) -> bool:
+    """A P frame at most ``NEAR_P_MAX_DISTANCE`` frames after its reference (low delay)."""
+    return spec.frame_type == "P" and spec.display_index - spec.refs[0] <= NEAR_P_MAX_DISTANCE
+
+
 def motion_guided(spec: FrameSpec) -> bool:
-    """Whether a frame's motion is first pulled towards the optical flow: every B frame, and a
-    P frame at most ``P_GUIDANCE_MAX_DISTANCE`` frames after its reference."""
-    if spec.frame_type == "B":
-        return True
-    return spec.frame_type == "P" and spec.display_index - spec.refs[0] <= P_GUIDANCE_MAX_DISTANCE
+    """Whether a frame's motion is first pulled towards the optical flow: every B frame and
+    every near P frame (:func:`near_p`)."""
+    return spec.frame_type == "B" or near_p(spec)
+
+
+def inter_decoder_config(spec: FrameSpec, dec_cfg_inter: Optional[str], dec_cfg_b: Optional[str]) -> str:
+    """The decoder configuration (name or path) of a P or B frame. ``dec_cfg_b`` for a B
+    frame (None: as a P frame); ``dec_cfg_inter`` for a P frame, whose default (None) is
+    ``dec_cfg_b`` or ``inter_b`` for a near P frame, mostly predicted like a B frame, and
+    ``inter``, with full-resolution latents for its residue, further away."""
+    if spec.frame_type == "B" and dec_cfg_b is not None:
+        return dec_cfg_b
+    if dec_cfg_inter is not None:
+        return dec_cfg_inter
+    return (dec_cfg_b or "inter_b") if near_p(spec) else "inter"
 
 
 def estimate_motion(frame: RawImage, ref: RawImage) -> Optional[np.ndarray]:
@@ -201,7 +220,7 @@ def encode_video(
     lmbda: float = 1e-3,
     preset: str = "fast",
     dec_cfg: str = "mop",
-    dec_cfg_inter: str = "inter",
+    dec_cfg_inter: Optional[str] = None,
     dec_cfg_b: Optional[str] = "inter_b",
     overrides: Optional[Mapping[str, Any]] = None,
     n_itr: Optional[int] = None,
@@ -220,10 +239,11 @@ def encode_video(
 
     ``intra_pos``, ``p_pos``: display indices of the I and P frames (every other
     frame is a hierarchical B frame). ``dec_cfg`` is the intra frames' decoder
-    configuration, ``dec_cfg_inter`` the P frames' (default ``inter``,
-    cfg/dec/inter.cfg: lop with one 3x3 residual layer), ``dec_cfg_b`` the B
-    frames' (default ``inter_b``: latents at 1/8 of the resolution and
-    coarser, small networks; None: ``dec_cfg_inter``).
+    configuration, ``dec_cfg_inter`` the P frames' (default None: ``inter``,
+    cfg/dec/inter.cfg, lop with one 3x3 residual layer, and the B frames' for a
+    P frame right after its reference: :func:`inter_decoder_config`),
+    ``dec_cfg_b`` the B frames' (default ``inter_b``: latents at 1/8 of the
+    resolution and coarser, small networks; None: ``dec_cfg_inter``).
     ``motion_init``: start the motion of the B frames, and of the P frames
     whose reference is the frame before, from an optical-flow estimate
     (:func:`motion_guided`).
@@ -248,8 +268,12 @@ def encode_video(
     if n_itr is not None:
         base_preset = with_main_iterations(base_preset, n_itr)
     cfg_intra = load_decoder_config(dec_cfg)
-    cfg_inter = load_decoder_config(dec_cfg_inter)
-    cfg_b = cfg_inter if dec_cfg_b is None else load_decoder_config(dec_cfg_b)
+    cfg_by_name: Dict[str, Dict[str, Any]] = {}
+    for spec in structure:  # every configuration read (and checked) before the first frame trains
+        if spec.frame_type != "I":
+            name = inter_decoder_config(spec, dec_cfg_inter, dec_cfg_b)
+            if name not in cfg_by_name:
+                cfg_by_name[name] = load_decoder_config(name)
     n_sub = n_substreams or default_substreams(first.height)
     h, w = first.height, first.width
     seq_header = SequenceHeader(h, w, first.frame_data_type, first.bitdepth, n, fps, 0)
@@ -265,7 +289,10 @@ def encode_video(
         refs = [decoded[r] for r in spec.refs]
         lam = frame_lambda(lmbda, spec)
         fpreset = frame_preset(base_preset, spec)
-        cfg = {"I": cfg_intra, "P": cfg_inter, "B": cfg_b}[spec.frame_type]
+        if spec.frame_type == "I":
+            cfg = cfg_intra
+        else:
+            cfg = cfg_by_name[inter_decoder_config(spec, dec_cfg_inter, dec_cfg_b)]
         param = decoder_config_to_param(cfg, overrides, (h, w))
         guided = motion_init and motion_guided(spec)
         meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,

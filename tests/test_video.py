@@ -249,6 +249,24 @@ def test_optical_flow_guides_b_frames_and_p_frames_next_to_their_reference():
     assert not motion_guided(FrameSpec(3, "P", (1,), 0))
 
 
+def test_p_frames_next_to_their_reference_take_the_b_frames_decoder_by_default():
+    from coolchic.decoder_runtime.coding_structure import FrameSpec, coding_structure
+    from coolchic.encoder.video import inter_decoder_config
+
+    def names(structure, inter=None, b="inter_b"):
+        return [(s.display_index, inter_decoder_config(s, inter, b)) for s in structure if s.frame_type != "I"]
+
+    low_delay = coding_structure(3, (0,), (1, 2))
+    assert names(low_delay) == [(1, "inter_b"), (2, "inter_b")]
+    assert names(low_delay, b="mine.cfg") == [(1, "mine.cfg"), (2, "mine.cfg")]
+    random_access = coding_structure(5, (0,), (4,))  # I0 P4 B2 B1 B3
+    assert names(random_access) == [(4, "inter"), (2, "inter_b"), (1, "inter_b"), (3, "inter_b")]
+    # An explicit P configuration holds for every P frame; without a B one, B frames follow it.
+    assert names(low_delay, inter="mop") == [(1, "mop"), (2, "mop")]
+    assert names(random_access, inter="lop", b=None) == [(4, "lop"), (2, "lop"), (1, "lop"), (3, "lop")]
+    assert inter_decoder_config(FrameSpec(3, "P", (1,), 0), None, "inter_b") == "inter"
+
+
 def _rewrite(data: bytes, n_frames=None, drop_last=False) -> bytes:
     """The same sections under another header; optionally without the last section."""
     header, entries = index_sequence(data)
