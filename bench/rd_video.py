@@ -3,7 +3,7 @@ and coolchic all-intra, on YUV 4:2:0.
 
     python bench/rd_video.py [--video PATH] [--size WxH] [--n-frames 9]
                              [--lmbda 0.004,0.002,0.001,0.0005] [--preset fast]
-                             [--dec-cfg mop] [--dec-cfg-inter NAME] [--dec-cfg-b inter_b] [--crfs 22,27,32,37,42] [--gop N]
+                             [--dec-cfg mop] [--dec-cfg-inter NAME] [--dec-cfg-b NAME] [--crfs 22,27,32,37,42] [--gop N]
                              [--skip-coolchic] [--skip-intra] [--anchors-only]
                              [--resume] [--psnr-mode mse411]
                              [--out bench/results/rd_video.tsv]
@@ -68,16 +68,28 @@ def frame_size(args) -> tuple:
     return int(m.group(1)), int(m.group(2))
 
 
-def _run_key(args, p_pos) -> str:
+def _run_key(args, p_pos, lmbda) -> str:
     from coolchic.decoder_runtime.coding_structure import coding_structure
     from coolchic.encoder.video import inter_decoder_config
 
-    # The P frames' configurations as resolved, so that a default that picks them by distance
-    # keys the same run as naming them.
-    p_cfgs = sorted({inter_decoder_config(s, args.dec_cfg_inter, args.dec_cfg_b)
-                     for s in coding_structure(args.n_frames, (0,), tuple(p_pos)) if s.frame_type == "P"})
-    return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{','.join(p_cfgs)}|"
-            f"{args.dec_cfg_b}|p{','.join(map(str, p_pos))}")
+    # The configurations as resolved at this lambda, so that a default that picks them by
+    # distance or lambda keys the same run as naming them.
+    specs = coding_structure(args.n_frames, (0,), tuple(p_pos))
+
+    def names(frame_type):
+        return ",".join(sorted({inter_decoder_config(s, lmbda, args.dec_cfg_inter, args.dec_cfg_b)
+                                for s in specs if s.frame_type == frame_type}))
+
+    return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{names('P')}|"
+            f"{names('B')}|p{','.join(map(str, p_pos))}")
+
+
+def _same_run(recorded: str, key: str, codec: str) -> bool:
+    """Whether a recorded point belongs to this run: all-intra coding depends only on the clip,
+    the frame count, the preset and the intra decoder (the key's first four fields)."""
+    if codec == "coolchic-intra":
+        return recorded.split("|")[:4] == key.split("|")[:4]
+    return recorded == key
 
 
 def _point(codec, param, n_bytes, frames, decoded, seconds, psnr_mode) -> dict:
@@ -124,11 +136,10 @@ def run_coolchic(codecs, frames, lmbdas, args, p_pos):
 
     threads = configure_cpu(args.threads)  # an application's choice, as coolchic-encode makes it
     part = args.out.with_suffix(".coolchic.tsv")
-    key = _run_key(args, p_pos)
     done = {}
     if part.exists() and args.resume:
         for r in csv.DictReader(part.open(), delimiter="\t"):
-            if r["run"] == key:
+            if _same_run(r["run"], _run_key(args, p_pos, float(r["lmbda"])), r["codec"]):
                 done[(r["codec"], float(r["lmbda"]))] = {
                     "codec": r["codec"], "param": float(r["lmbda"]), "bytes": int(r["bytes"]),
                     "bpp": float(r["bpp"]), "psnr": float(r[args.psnr_mode]),
@@ -142,7 +153,7 @@ def run_coolchic(codecs, frames, lmbdas, args, p_pos):
         pt = encode_coolchic(c, frames, lm, args, p_pos, threads)
         done[(c, lm)] = pt
         with part.open("a") as f:
-            f.write("\t".join(str(v) for v in [key, c, lm, pt["bytes"], pt["bpp"],
+            f.write("\t".join(str(v) for v in [_run_key(args, p_pos, lm), c, lm, pt["bytes"], pt["bpp"],
                                                 *(pt["psnr_all"][m] for m in PSNR_MODES), pt["seconds"]]) + "\n")
         print_point(pt)
     return {c: [done[(c, lm)] for lm in lmbdas] for c in codecs}
@@ -165,7 +176,8 @@ def main() -> None:
     ap.add_argument("--dec-cfg-inter", default=None,
                     help="coolchic decoder configuration of P frames (default: by distance to the reference, "
                     "as coolchic-encode)")
-    ap.add_argument("--dec-cfg-b", default="inter_b", help="coolchic decoder configuration of B frames")
+    ap.add_argument("--dec-cfg-b", default=None,
+                    help="coolchic decoder configuration of B frames (default: by lambda, as coolchic-encode)")
     ap.add_argument("--threads", type=int, default=None, help="coolchic encoder threads (default: all cores)")
     ap.add_argument("--crfs", default="22,27,32,37,42", help="x265 / x264 CRFs")
     ap.add_argument("--gop", type=int, default=None, help="x265 / x264 intra period (default: --n-frames)")

@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decoder configuration of the P frames, whose Cool-chic also outputs the motion, "
                      "mask and blend (default: the B frames' for a P frame right after its reference, as in "
                      "low delay; inter, lop with one 3x3 residual layer, further away)")
-    vid.add_argument("--dec-cfg-b", "--dec_cfg_b", default="inter_b", metavar="NAME",
+    vid.add_argument("--dec-cfg-b", "--dec_cfg_b", default=None, metavar="NAME",
                      help="decoder configuration of the B frames (default inter_b: latents from 1/8 of the "
-                     "resolution down, small networks, as a B frame is mostly predicted)")
+                     "resolution down, small networks, as a B frame is mostly predicted; inter_b_fine, from 1/4, "
+                     "at --lmbda 0.0005 and below)")
     vid.add_argument("--no-motion-init", dest="motion_init", action="store_false",
                      help="start every frame's motion from zero instead of an optical-flow estimate "
                      "(OpenCV DIS), which B frames and the P frames right after their reference use")

@@ -80,6 +80,13 @@ MOTION_GUIDANCE_WEIGHT = 1e-3
 # of inter. Unguided B frames lost 0.7-2.4 dB. A P frame 8 frames away with inter_b: the sequence
 # took 3860 bytes at 40.20 dB against 4154 at 41.48 with inter (random access, lambda 0.002).
 NEAR_P_MAX_DISTANCE = 1
+# Sequence lambda at and below which B frames' latents start at 1/4 of the resolution
+# (cfg/dec/inter_b_fine.cfg) rather than 1/8 (inter_b): at low lambda inter_b caps a B frame's
+# residue. Bikes clip, 9 frames, random access, quick.cfg: at lambda 0.0005 the sequence took
+# 8304 bytes at 43.04 dB with inter_b, 9316 at 43.66 with inter_b_fine; at 0.001 5577 at 42.26
+# with inter_b, 6624 at 42.30 with inter_b_fine; at 0.004 (5 frames) inter_b_fine lost too
+# (4179 bytes at 40.27 dB against 3766 at 40.36; docs/video.md).
+B_FINE_MAX_LAMBDA = 0.0005
 
 
 @dataclass(frozen=True)
@@ -173,16 +180,24 @@ def motion_guided(spec: FrameSpec) -> bool:
     return spec.frame_type == "B" or near_p(spec)
 
 
-def inter_decoder_config(spec: FrameSpec, dec_cfg_inter: Optional[str], dec_cfg_b: Optional[str]) -> str:
-    """The decoder configuration (name or path) of a P or B frame. ``dec_cfg_b`` for a B
-    frame (None: as a P frame); ``dec_cfg_inter`` for a P frame, whose default (None) is
-    ``dec_cfg_b`` or ``inter_b`` for a near P frame, mostly predicted like a B frame, and
-    ``inter``, with full-resolution latents for its residue, further away."""
-    if spec.frame_type == "B" and dec_cfg_b is not None:
-        return dec_cfg_b
+def b_decoder_config(lmbda: float) -> str:
+    """The B frames' default decoder configuration: ``inter_b`` (latents from 1/8 of the
+    resolution), ``inter_b_fine`` (from 1/4) at a sequence lambda up to ``B_FINE_MAX_LAMBDA``."""
+    return "inter_b_fine" if lmbda <= B_FINE_MAX_LAMBDA else "inter_b"
+
+
+def inter_decoder_config(spec: FrameSpec, lmbda: float, dec_cfg_inter: Optional[str] = None,
+                         dec_cfg_b: Optional[str] = None) -> str:
+    """The decoder configuration (name or path) of a P or B frame at sequence lambda ``lmbda``.
+    A B frame: ``dec_cfg_b``, by default :func:`b_decoder_config`. A P frame: ``dec_cfg_inter``,
+    by default the B frames' for a near P frame (:func:`near_p`), mostly predicted like a B
+    frame, and ``inter``, with full-resolution latents for its residue, further away."""
+    b = dec_cfg_b if dec_cfg_b is not None else b_decoder_config(lmbda)
+    if spec.frame_type == "B":
+        return b
     if dec_cfg_inter is not None:
         return dec_cfg_inter
-    return (dec_cfg_b or "inter_b") if near_p(spec) else "inter"
+    return b if near_p(spec) else "inter"
 
 
 def estimate_motion(frame: RawImage, ref: RawImage) -> Optional[np.ndarray]:
@@ -221,7 +236,7 @@ def encode_video(
     preset: str = "fast",
     dec_cfg: str = "mop",
     dec_cfg_inter: Optional[str] = None,
-    dec_cfg_b: Optional[str] = "inter_b",
+    dec_cfg_b: Optional[str] = None,
     overrides: Optional[Mapping[str, Any]] = None,
     n_itr: Optional[int] = None,
     device: str = "cpu",
@@ -239,11 +254,11 @@ def encode_video(
 
     ``intra_pos``, ``p_pos``: display indices of the I and P frames (every other
     frame is a hierarchical B frame). ``dec_cfg`` is the intra frames' decoder
-    configuration, ``dec_cfg_inter`` the P frames' (default None: ``inter``,
-    cfg/dec/inter.cfg, lop with one 3x3 residual layer, and the B frames' for a
-    P frame right after its reference: :func:`inter_decoder_config`),
-    ``dec_cfg_b`` the B frames' (default ``inter_b``: latents at 1/8 of the
-    resolution and coarser, small networks; None: ``dec_cfg_inter``).
+    configuration, ``dec_cfg_inter`` the P frames', ``dec_cfg_b`` the B frames'; by
+    default (None) they follow :func:`inter_decoder_config`: ``inter_b`` for the B frames
+    (latents at 1/8 of the resolution and coarser, small networks; ``inter_b_fine``, from
+    1/4, at lambda up to ``B_FINE_MAX_LAMBDA``), the same for a P frame right after its
+    reference, ``inter`` (lop with one 3x3 residual layer) for a P frame further away.
     ``motion_init``: start the motion of the B frames, and of the P frames
     whose reference is the frame before, from an optical-flow estimate
     (:func:`motion_guided`).
@@ -271,7 +286,7 @@ def encode_video(
     cfg_by_name: Dict[str, Dict[str, Any]] = {}
     for spec in structure:  # every configuration read (and checked) before the first frame trains
         if spec.frame_type != "I":
-            name = inter_decoder_config(spec, dec_cfg_inter, dec_cfg_b)
+            name = inter_decoder_config(spec, lmbda, dec_cfg_inter, dec_cfg_b)
             if name not in cfg_by_name:
                 cfg_by_name[name] = load_decoder_config(name)
     n_sub = n_substreams or default_substreams(first.height)
@@ -292,7 +307,7 @@ def encode_video(
         if spec.frame_type == "I":
             cfg = cfg_intra
         else:
-            cfg = cfg_by_name[inter_decoder_config(spec, dec_cfg_inter, dec_cfg_b)]
+            cfg = cfg_by_name[inter_decoder_config(spec, lmbda, dec_cfg_inter, dec_cfg_b)]
         param = decoder_config_to_param(cfg, overrides, (h, w))
         guided = motion_init and motion_guided(spec)
         meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,

@@ -210,6 +210,10 @@ def test_b_frames_get_their_own_decoder_configuration(tmp_path):
     assert arch["P"].latent_resolution[0] == 0 and arch["P"].n_hidden_layers_arm == 1
     default_b = decoder_config_to_param(load_decoder_config("inter_b"), None, (272, 640))
     assert default_b.latent_resolution == (3, 6)
+    fine_b = decoder_config_to_param(load_decoder_config("inter_b_fine"), None, (272, 640))
+    assert fine_b.latent_resolution == (2, 6)
+    assert (fine_b.spatial_context_arm, fine_b.n_hidden_layers_arm, fine_b.layers_synthesis) == (
+        default_b.spatial_context_arm, default_b.n_hidden_layers_arm, default_b.layers_synthesis)
 
 
 def test_frame_presets_and_lambdas_by_frame_type(tmp_path):
@@ -249,22 +253,30 @@ def test_optical_flow_guides_b_frames_and_p_frames_next_to_their_reference():
     assert not motion_guided(FrameSpec(3, "P", (1,), 0))
 
 
-def test_p_frames_next_to_their_reference_take_the_b_frames_decoder_by_default():
+def test_inter_frames_decoders_by_distance_and_lambda():
+    """A near P frame takes the B frames' decoder, a distant one ``inter``; the B frames'
+    latents start at 1/4 of the resolution at low lambda, at 1/8 above."""
     from coolchic.decoder_runtime.coding_structure import FrameSpec, coding_structure
-    from coolchic.encoder.video import inter_decoder_config
+    from coolchic.encoder.video import B_FINE_MAX_LAMBDA, inter_decoder_config
 
-    def names(structure, inter=None, b="inter_b"):
-        return [(s.display_index, inter_decoder_config(s, inter, b)) for s in structure if s.frame_type != "I"]
+    def names(structure, lmbda=0.002, inter=None, b=None):
+        return [(s.display_index, inter_decoder_config(s, lmbda, inter, b)) for s in structure if s.frame_type != "I"]
 
+    assert B_FINE_MAX_LAMBDA == 0.0005
     low_delay = coding_structure(3, (0,), (1, 2))
     assert names(low_delay) == [(1, "inter_b"), (2, "inter_b")]
+    assert names(low_delay, lmbda=0.001) == [(1, "inter_b"), (2, "inter_b")]
+    assert names(low_delay, lmbda=0.0005) == [(1, "inter_b_fine"), (2, "inter_b_fine")]
     assert names(low_delay, b="mine.cfg") == [(1, "mine.cfg"), (2, "mine.cfg")]
     random_access = coding_structure(5, (0,), (4,))  # I0 P4 B2 B1 B3
     assert names(random_access) == [(4, "inter"), (2, "inter_b"), (1, "inter_b"), (3, "inter_b")]
-    # An explicit P configuration holds for every P frame; without a B one, B frames follow it.
-    assert names(low_delay, inter="mop") == [(1, "mop"), (2, "mop")]
-    assert names(random_access, inter="lop", b=None) == [(4, "lop"), (2, "lop"), (1, "lop"), (3, "lop")]
-    assert inter_decoder_config(FrameSpec(3, "P", (1,), 0), None, "inter_b") == "inter"
+    assert names(random_access, lmbda=0.0005) == [(4, "inter"), (2, "inter_b_fine"), (1, "inter_b_fine"),
+                                                  (3, "inter_b_fine")]
+    # Named configurations hold whatever the lambda.
+    assert names(low_delay, inter="mop", lmbda=1e-4) == [(1, "mop"), (2, "mop")]
+    assert names(random_access, inter="lop", b="inter_b", lmbda=1e-4) == [(4, "lop"), (2, "inter_b"),
+                                                                          (1, "inter_b"), (3, "inter_b")]
+    assert inter_decoder_config(FrameSpec(3, "P", (1,), 0), 0.002) == "inter"
 
 
 def _rewrite(data: bytes, n_frames=None, drop_last=False) -> bytes:
