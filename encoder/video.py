@@ -12,7 +12,9 @@ most), and that decoded frame becomes the reference of the later frames.
 Per-frame choices: a B frame at hierarchy depth ``d`` uses lambda
 ``1.5^d * lmbda``, as the reference Cool-chic's random access does
 (:func:`frame_lambda`), and ``B_ITERATION_FACTOR`` times the preset's main
-iterations at every depth (:func:`frame_preset`). The motion starts from an
+iterations at every depth (:func:`frame_preset`); its decoder's latents start
+at 1/8 of the resolution, at 1/4 for low lambdas (:func:`inter_decoder_config`,
+which also picks the P frames' by their distance). The motion starts from an
 optical-flow estimate (:func:`estimate_motion`: OpenCV's DIS when
 ``opencv-python-headless`` is installed, else none): an inter frame trains
 one candidate; a B frame's is first pulled towards that flow
