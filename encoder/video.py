@@ -285,12 +285,17 @@ def encode_video(
     if n_itr is not None:
         base_preset = with_main_iterations(base_preset, n_itr)
     cfg_intra = load_decoder_config(dec_cfg)
+    # Every frame's configuration, read (and checked) before the first frame trains.
     cfg_by_name: Dict[str, Dict[str, Any]] = {}
-    for spec in structure:  # every configuration read (and checked) before the first frame trains
-        if spec.frame_type != "I":
-            name = inter_decoder_config(spec, lmbda, dec_cfg_inter, dec_cfg_b)
-            if name not in cfg_by_name:
-                cfg_by_name[name] = load_decoder_config(name)
+    frame_cfg: Dict[int, Dict[str, Any]] = {}
+    for spec in structure:
+        if spec.frame_type == "I":
+            frame_cfg[spec.display_index] = cfg_intra
+            continue
+        name = inter_decoder_config(spec, lmbda, dec_cfg_inter, dec_cfg_b)
+        if name not in cfg_by_name:
+            cfg_by_name[name] = load_decoder_config(name)
+        frame_cfg[spec.display_index] = cfg_by_name[name]
     n_sub = n_substreams or default_substreams(first.height)
     h, w = first.height, first.width
     seq_header = SequenceHeader(h, w, first.frame_data_type, first.bitdepth, n, fps, 0)
@@ -306,11 +311,7 @@ def encode_video(
         refs = [decoded[r] for r in spec.refs]
         lam = frame_lambda(lmbda, spec)
         fpreset = frame_preset(base_preset, spec)
-        if spec.frame_type == "I":
-            cfg = cfg_intra
-        else:
-            cfg = cfg_by_name[inter_decoder_config(spec, lmbda, dec_cfg_inter, dec_cfg_b)]
-        param = decoder_config_to_param(cfg, overrides, (h, w))
+        param = decoder_config_to_param(frame_cfg[spec.display_index], overrides, (h, w))
         guided = motion_init and motion_guided(spec)
         meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,
                 "n_frames": n, "guided": guided, "version": __version__}
