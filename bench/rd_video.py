@@ -3,9 +3,10 @@ and coolchic all-intra, on YUV 4:2:0.
 
     python bench/rd_video.py [--video PATH] [--size WxH] [--n-frames 9]
                              [--lmbda 0.004,0.002,0.001,0.0005] [--preset fast]
-                             [--dec-cfg mop] [--dec-cfg-inter NAME] [--dec-cfg-b NAME] [--crfs 22,27,32,37,42] [--gop N]
+                             [--dec-cfg mop] [--dec-cfg-inter NAME] [--dec-cfg-b NAME] [--no-direct-b]
+                             [--crfs 22,27,32,37,42] [--gop N]
                              [--skip-coolchic] [--skip-intra] [--anchors-only]
-                             [--resume] [--psnr-mode mse411]
+                             [--resume] [--workdir DIR] [--psnr-mode mse411]
                              [--out bench/results/rd_video.tsv]
 
 Reads the first ``--n-frames`` frames of a raw 8-bit YUV 4:2:0 clip (default
@@ -14,7 +15,8 @@ a ``_WxH_`` in the name unless ``--size`` gives it) and codes them:
 
 - coolchic video (``coolchic.encoder.video.encode_video``), random access:
   intra at frame 0, P at the last frame (``--p-pos``), the frames between
-  hierarchical B; one bitstream per lambda of ``--lmbda``;
+  hierarchical B, each one sent as a direct B frame where that costs less
+  (``--no-direct-b``: never); one bitstream per lambda of ``--lmbda``;
 - coolchic all-intra: every frame alone with ``encode_image``, same lambdas;
 - x265 and x264, preset medium with their default B frames, one intra frame
   (keyint = ``--gop``, default the number of frames), CRF ``--crfs``, through
@@ -32,7 +34,10 @@ BD-rate (%, negative = fewer bits at equal PSNR): the ``bjontegaard``
 package's pchip fit (bench/rd_kodak.py's ``bd_rate``) of coolchic against
 x265, x264 and coolchic all-intra. Coolchic points are appended to
 ``<out>.coolchic.tsv`` as they come; ``--resume`` reuses those of the same run
-options (an interrupted run goes on). Writes ``<out>`` (TSV: codec, param,
+options (an interrupted run goes on); ``--workdir DIR`` keeps each video
+point's frame sections in ``DIR/lmbda_<lambda>`` (``encode_video``'s resume
+directory), so that an interrupted point, or a variant that changes only
+later frames, does not train its finished frames again. Writes ``<out>`` (TSV: codec, param,
 bytes, bpp, psnr_yuv) and ``<out>.png`` (matplotlib). Last line:
 ``bd_rate_vs_x265=<value> %``, or ``x265_points=<n>`` when coolchic video is
 skipped.
@@ -80,8 +85,9 @@ def _run_key(args, p_pos, lmbda) -> str:
         return ",".join(sorted({inter_decoder_config(s, lmbda, args.dec_cfg_inter, args.dec_cfg_b)
                                 for s in specs if s.frame_type == frame_type}))
 
+    # Points recorded before direct B frames existed keep their key: they are --no-direct-b's.
     return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{names('P')}|"
-            f"{names('B')}|p{','.join(map(str, p_pos))}")
+            f"{names('B')}|p{','.join(map(str, p_pos))}{'|direct' if args.direct_b else ''}")
 
 
 def _same_run(recorded: str, key: str, codec: str) -> bool:
@@ -116,7 +122,13 @@ def encode_coolchic(codec, frames, lmbda, args, p_pos, threads):
 
         res = encode_video(raws, intra_pos=(0,), p_pos=tuple(p_pos), lmbda=lmbda, preset=args.preset,
                            dec_cfg=args.dec_cfg, dec_cfg_inter=args.dec_cfg_inter, dec_cfg_b=args.dec_cfg_b,
-                           threads=threads, workdir=None)
+                           direct_b=args.direct_b, threads=threads,
+                           workdir=args.workdir / f"lmbda_{lmbda:g}" if args.workdir else None,
+                           frame_callback=lambda k, n, s: print(
+                               f"  frame {s['display_index']} ({s['type']}{', direct' if s['direct'] else ''}): "
+                               f"{s['bytes']} bytes, {s['psnr_db']:.3f} dB"
+                               + (f" (its Cool-chic: {s['coded_bytes']} bytes, {s['coded_psnr_db']:.3f} dB)"
+                                  if s['direct'] else ""), flush=True))
         n_bytes = len(res.bitstream)
         decoded = [tuple(r.planes) for r in res.decoded]
     else:
@@ -178,6 +190,10 @@ def main() -> None:
                     "as coolchic-encode)")
     ap.add_argument("--dec-cfg-b", default=None,
                     help="coolchic decoder configuration of B frames (default: by lambda, as coolchic-encode)")
+    ap.add_argument("--no-direct-b", dest="direct_b", action="store_false",
+                    help="coolchic: never send a B frame as a direct B frame")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="coolchic video: keep each point's frame sections in DIR/lmbda_<lambda> and resume from them")
     ap.add_argument("--threads", type=int, default=None, help="coolchic encoder threads (default: all cores)")
     ap.add_argument("--crfs", default="22,27,32,37,42", help="x265 / x264 CRFs")
     ap.add_argument("--gop", type=int, default=None, help="x265 / x264 intra period (default: --n-frames)")

@@ -18,7 +18,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -118,10 +118,10 @@ def _read_source(source, max_pixels: Optional[int], max_memory: Optional[int]) -
     return data
 
 
-def out_of_memory(arch, max_memory: Optional[int], what: str) -> ResourceLimitError:
+def out_of_memory(img_size: Tuple[int, int], max_memory: Optional[int], what: str) -> ResourceLimitError:
     """The error for a MemoryError within ``max_memory``: beyond what this machine
     has, still the caller's error type (``decode``, ``decode_video``)."""
-    h, w = arch.img_size
+    h, w = img_size
     limit = "no limit" if max_memory is None else format_bytes(max_memory)
     return ResourceLimitError(
         f"the system ran out of memory while decoding this {h}x{w} {what} (max_memory: {limit}); set "
@@ -182,7 +182,7 @@ def decode(
         image = reconstruct(bs.arch, bs.float_params(), latents, provider=provider, threads=threads, timings=t,
                             tile_rows=tile_rows)
     except MemoryError:
-        raise out_of_memory(bs.arch, max_memory, "bitstream") from None
+        raise out_of_memory(bs.arch.img_size, max_memory, "bitstream") from None
     t["parse"] = t1 - t0
     t["latents"] = t2 - t1
     t["total"] = time.perf_counter() - start

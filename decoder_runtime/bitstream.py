@@ -48,12 +48,14 @@ MAGIC = b"Cc"
 # I, P and B; decoder_runtime/sequence.py). Versions 1 and 2 are the same two
 # kinds before the stacked IFCE (``arch.ifce_stack``, header flag bit 6); they
 # still decode.
+# Version 5 adds the direct B frames (decoder_runtime/direct.py) to version 4's sequences.
 IMAGE_VERSION = 3
-SEQUENCE_VERSION = 4
+SEQUENCE_VERSION = 5
 IMAGE_VERSIONS = (1, IMAGE_VERSION)
-SEQUENCE_VERSIONS = (2, SEQUENCE_VERSION)
+SEQUENCE_VERSIONS = (2, 4, SEQUENCE_VERSION)
 READABLE_VERSIONS = IMAGE_VERSIONS + SEQUENCE_VERSIONS
-IFCE_STACK_VERSIONS = (IMAGE_VERSION, SEQUENCE_VERSION)  # headers that may set flag bit 6
+IFCE_STACK_VERSIONS = (IMAGE_VERSION, 4, SEQUENCE_VERSION)  # headers that may set flag bit 6
+DIRECT_VERSIONS = (SEQUENCE_VERSION,)  # sequences that may hold direct B frames
 FLAG_IFCE_STACK = 0x40
 MAX_SUBSTREAMS = 64
 _REFERENCE_HINT = (

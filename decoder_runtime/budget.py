@@ -295,6 +295,24 @@ def check_memory(arch: DecoderArch, n_bytes: int, max_memory: Optional[int], n_s
     return est
 
 
+# float32 planes a direct B frame holds per pixel at its peak (decoder_runtime/direct.py):
+# the source's field and its scaled copy, g, v0 and v1 (2 each), the B frame's synthesis
+# output (planes + 6) and the combined frame (planes), then its integer planes (1 each).
+DIRECT_FRAME_F32_PLANES = 10
+
+
+def check_direct_frame_memory(height: int, width: int, n_planes: int, max_memory: Optional[int]) -> int:
+    """The bytes one direct B frame's decode holds, refused above ``max_memory`` (None: no limit)."""
+    n = height * width * F32 * (DIRECT_FRAME_F32_PLANES + 3 * n_planes)
+    if max_memory is not None and n > max_memory:
+        raise ResourceLimitError(
+            f"decoding a {height}x{width} direct B frame needs about {format_bytes(n)}, above the memory limit "
+            f"of {format_bytes(max_memory)} (raise it with decode_video(..., max_memory=...) or coolchic-decode "
+            f"--max-memory, e.g. --max-memory {_suggest(n)})"
+        )
+    return n
+
+
 def _suggest(n: int) -> str:
     g = -(-n // (1 << 30))
     return f"{g}G"

@@ -140,6 +140,7 @@ def _file_rate_lines(path: str, sequence: bool) -> List[str]:
     """:func:`rate_line` of an image file, or of each frame of a sequence file
     (decoding order). Parsed again from the file: only -v pays for it."""
     from .bitstream import read_bitstream
+    from .direct import DIRECT_BETA_STEPS, SOURCE_FUTURE
     from .sequence import index_sequence, read_sequence_frame
 
     with open(path, "rb") as f:
@@ -147,9 +148,17 @@ def _file_rate_lines(path: str, sequence: bool) -> List[str]:
     if not sequence:
         return [rate_line(read_bitstream(data, max_pixels=None), len(data))]
     header, entries = index_sequence(data)
-    # A section's bytes: from its display index to its CRC (its length field excluded).
-    return [f"frame {e.spec.display_index} ({e.spec.frame_type}, {e.end - e.start} bytes): "
-            + rate_line(read_sequence_frame(data, header, e), e.end - e.start) for e in entries]
+
+    def line(e) -> str:
+        # A section's bytes: from its display index to its CRC (its length field excluded).
+        if e.direct is not None:
+            src = e.spec.refs[1] if e.direct.source == SOURCE_FUTURE else e.spec.refs[0]
+            return (f"frame {e.spec.display_index} (B, direct, {e.end - e.start} bytes): blend "
+                    f"{e.direct.beta_k}/{DIRECT_BETA_STEPS}, motion of frame {src}")
+        return (f"frame {e.spec.display_index} ({e.spec.frame_type}, {e.end - e.start} bytes): "
+                + rate_line(read_sequence_frame(data, header, e), e.end - e.start))
+
+    return [line(e) for e in entries]
 
 
 def _report(path_in: str, path_out: str, dec, n_bytes: int, write_s: float) -> None:

@@ -1,13 +1,15 @@
-"""Sequence files (format version 4, and 2 before it): reading the frames of a video.
+"""Sequence files (format version 5, and 4 and 2 before it): reading the frames of a video.
 
-Layout (docs/bitstream.md, "Sequence files"): magic ``Cc``, version 4 (or 2), the
-sequence header (size, format, frame count, frame rate) and its CRC-32, then
-one section per frame in decoding order, each ``varint length`` + body. A
+Layout (docs/bitstream.md, "Sequence files"): magic ``Cc``, version 5 (or 4 or
+2), the sequence header (size, format, frame count, frame rate) and its CRC-32,
+then one section per frame in decoding order, each ``varint length`` + body. A
 body holds the frame's display index, type and references, then an image
 header, parameters and latent substreams exactly as an image file's, and ends
-with the CRC-32 of the body. Lengths let a reader index the file without
-parsing the frames (:func:`index_sequence`) and seek to any of them; each
-frame is checked on its own (:func:`read_sequence_frame`).
+with the CRC-32 of the body. A direct B frame's body (type 3, version 5) holds
+its blend weight and motion source instead of an image (``direct.py``).
+Lengths let a reader index the file without parsing the frames
+(:func:`index_sequence`) and seek to any of them; each frame is checked on its
+own (:func:`read_sequence_frame`, :func:`read_direct_frame`).
 
 The writer is ``export/sequence_writer.py``.
 """
@@ -19,8 +21,10 @@ from typing import Optional, Tuple
 
 from .arch import FRAME_DATA_TYPES, FRAME_TYPES, MAX_IMAGE_SIDE, N_REFERENCES
 from .bitstream import (
+    DIRECT_VERSIONS,
     HEADER_PEEK,
     MAGIC,
+    SEQUENCE_VERSION,
     SEQUENCE_VERSIONS,
     Bitstream,
     _read_header,
@@ -31,12 +35,14 @@ from .bitstream import (
     read_frame_body,
 )
 from .coding_structure import FrameSpec, check_structure
+from .direct import DIRECT_BETA_STEPS, SOURCE_NAMES, DirectParams
 from .errors import BitstreamError, ConfigError, ResourceLimitError
 
 MAX_FRAMES = 1 << 16
 # Decoding a sequence reads the whole file: refuse, unread, a file (or pipe)
 # beyond this size.
 MAX_SEQUENCE_BYTES = 1 << 31
+DIRECT_FRAME_TYPE = 3  # the type byte of a direct B frame's section (version 5)
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class SequenceHeader:
     n_frames: int
     fps: Optional[Tuple[int, int]]  # numerator, denominator; None when not known
     n_bytes: int  # magic to the header's CRC, included
-    version: int = 4  # format version (bitstream.SEQUENCE_VERSIONS): what the frames' headers may hold
+    version: int = SEQUENCE_VERSION  # format version (bitstream.SEQUENCE_VERSIONS): what the frames' headers may hold
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,9 @@ class FrameEntry:
 
     spec: FrameSpec
     start: int  # first byte of the body (display index)
-    header_start: int  # first byte of its image header
+    header_start: int  # first byte of its image header (of its CRC for a direct B frame)
     end: int  # one past its CRC
+    direct: Optional[DirectParams] = None  # a direct B frame's fields; None for a frame with an image
 
 
 def _read_sequence_header(data: bytes, max_pixels: Optional[int]) -> SequenceHeader:
@@ -110,7 +117,7 @@ def index_sequence(data: bytes, max_pixels: Optional[int] = None) -> Tuple[Seque
         if k >= header.n_frames:
             raise BitstreamError(f"the file goes on after the {header.n_frames} frames its header announces")
         length = r.varint(f"frame section {k} length", 0, r.end - r.pos)
-        entries.append(frame_entry(data, r.pos, r.pos + length, header.n_frames, k))
+        entries.append(frame_entry(data, r.pos, r.pos + length, header.n_frames, k, header.version))
         r.pos += length
     return header, _checked(header, entries)
 
@@ -144,7 +151,11 @@ def index_sequence_file(f, max_pixels: Optional[int] = None) -> Tuple[SequenceHe
         peek = f.read(min(length, HEADER_PEEK))
         short = BitstreamError(f"frame section {k} claims {length} bytes but the file ends before")
         try:
-            e = frame_entry(peek, 0, len(peek), header.n_frames, k)
+            e = frame_entry(peek, 0, len(peek), header.n_frames, k, header.version)
+            if e.direct is not None:
+                entries.append(FrameEntry(e.spec, start, start + e.header_start, start + length, e.direct))
+                pos = start + length
+                continue
             r = _Reader(peek, len(peek))
             r.pos = e.header_start
             image = _read_header(r, header.version, max_pixels, inter=True)
@@ -180,26 +191,40 @@ def _checked(header: SequenceHeader, entries) -> Tuple[FrameEntry, ...]:
     return tuple(entries)
 
 
-def frame_entry(data: bytes, start: int, end: int, n_frames: int, k: int = 0) -> FrameEntry:
-    """The frame fields of the section body ``data[start:end]`` (the ``k``-th section, for messages)."""
+def frame_entry(data: bytes, start: int, end: int, n_frames: int, k: int = 0,
+                version: int = SEQUENCE_VERSION) -> FrameEntry:
+    """The frame fields of the section body ``data[start:end]`` (the ``k``-th section, for
+    messages) in a sequence of format ``version``. A direct B frame's body must end with
+    its CRC right after its fields."""
     f = _Reader(data, end)
     f.pos = start
     display = f.varint(f"frame section {k} display index", 0, n_frames - 1)
     t = f.byte(f"frame section {k} type")
-    if t >= len(FRAME_TYPES):
-        raise BitstreamError(f"frame section {k}: invalid frame type {t}")
-    ftype = FRAME_TYPES[t]
+    direct = t == DIRECT_FRAME_TYPE and version in DIRECT_VERSIONS
+    if t >= len(FRAME_TYPES) and not direct:
+        raise BitstreamError(f"frame section {k}: invalid frame type {t} (format version {version})")
+    ftype = "B" if direct else FRAME_TYPES[t]
     refs = tuple(f.varint(f"frame section {k} reference {i}", 0, n_frames - 1) for i in range(N_REFERENCES[ftype]))
-    return FrameEntry(FrameSpec(display, ftype, refs, 0), start, f.pos, end)
+    params = None
+    if direct:
+        beta_k = f.byte(f"frame section {k} blend weight")
+        source = f.byte(f"frame section {k} motion source")
+        if beta_k > DIRECT_BETA_STEPS or source >= len(SOURCE_NAMES):
+            raise BitstreamError(f"frame section {k}: invalid direct B frame fields (blend {beta_k}, source {source})")
+        if end - f.pos != 4:
+            raise BitstreamError(f"frame section {k}: a direct B frame's section holds {end - start} bytes, "
+                                 f"expected {f.pos + 4 - start}")
+        params = DirectParams(beta_k, source)
+    return FrameEntry(FrameSpec(display, ftype, refs, 0), start, f.pos, end, params)
 
 
-def section_entry(section: bytes, n_frames: int) -> FrameEntry:
+def section_entry(section: bytes, n_frames: int, version: int = SEQUENCE_VERSION) -> FrameEntry:
     """The entry of one standalone frame section (``varint length`` + body), as the writer makes it."""
     r = _Reader(section, len(section))
     length = r.varint("frame section length", 0, len(section) - r.pos)
     if r.pos + length != len(section):
         raise BitstreamError("the frame section's length does not match its bytes")
-    return frame_entry(section, r.pos, r.pos + length, n_frames)
+    return frame_entry(section, r.pos, r.pos + length, n_frames, version=version)
 
 
 def _with_depth(spec: FrameSpec) -> FrameSpec:
@@ -207,10 +232,20 @@ def _with_depth(spec: FrameSpec) -> FrameSpec:
     return spec if spec.frame_type != "B" else FrameSpec(spec.display_index, "B", spec.refs, 1)
 
 
+def read_direct_frame(data: bytes, entry: FrameEntry) -> DirectParams:
+    """Check a direct B frame's section (its CRC); its fields, read by :func:`frame_entry`."""
+    if entry.direct is None:
+        raise BitstreamError(f"frame {entry.spec.display_index} is not a direct B frame")
+    check_crc(data, entry.start, entry.end, f"the section of frame {entry.spec.display_index}")
+    return entry.direct
+
+
 def read_sequence_frame(data: bytes, header: SequenceHeader, entry: FrameEntry,
                         max_memory: Optional[int] = None) -> Bitstream:
     """Parse and check one frame section; its image header must agree with the sequence's."""
     k = f"frame {entry.spec.display_index}"
+    if entry.direct is not None:
+        raise BitstreamError(f"{k} is a direct B frame: it holds no image (read_direct_frame)")
     check_crc(data, entry.start, entry.end, f"the section of {k}")
     r = _Reader(data, entry.end - 4)
     r.pos = entry.header_start

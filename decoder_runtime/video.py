@@ -6,8 +6,10 @@
 Each frame section is parsed and checked (``sequence.read_sequence_frame``),
 its latents decoded by the numba decoder, its synthesis run on onnxruntime;
 a P or B frame's output is then combined with its decoded references
-(``inter.combine``). A decoded frame is kept only while a later frame still
-references it or it still waits for its turn in display order
+(``inter.combine``). A direct B frame (format version 5) has no image: its
+motion follows from a reference's own motion (``direct.py``). A decoded frame,
+and its motion, is kept only while a later frame still references it or it
+still waits for its turn in display order
 (``coding_structure.max_references_alive`` bounds how many).
 """
 
@@ -17,35 +19,66 @@ import dataclasses
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from .api import DecodedImage, Source, decode_options, open_bitstream, out_of_memory
-from .arch import synthesis_latents
-from .budget import DEFAULT_MAX_MEMORY
+from .arch import n_output_channels, synthesis_latents
+from .budget import DEFAULT_MAX_MEMORY, check_direct_frame_memory
 from .errors import BitstreamError
 from .frame import RawImage
 
 
+@dataclass(frozen=True)
+class DecodedFrame:
+    """A frame as decoded, with the motion that later direct B frames may derive theirs from."""
+
+    image: RawImage
+    motion: Dict[int, np.ndarray]  # reference display index -> (2, H, W) float32 motion in pixels; {} for I
+
+
+def _chroma_step(frame_data_type: str) -> int:
+    return 2 if frame_data_type == "yuv420" else 1  # chroma only where the frame keeps it
+
+
 def reconstruct_frame(bs, grids, refs: Sequence[np.ndarray], provider: str = "cpu", threads: int = 1,
-                      timings: Optional[Dict[str, float]] = None) -> RawImage:
+                      timings: Optional[Dict[str, float]] = None, ref_indices: Sequence[int] = ()) -> DecodedFrame:
     """The decoded frame of a parsed frame section, from its latent grids and its
-    references (dense, ``inter.dense_reference``; none for an intra frame)."""
+    references (dense, ``inter.dense_reference``; none for an intra frame), whose
+    display indices ``ref_indices`` key the frame's motion."""
+    from .direct import motion_fields
     from .inter import combine
     from .reconstruct import reconstruct, synthesize, to_raw_image
 
     arch = bs.arch
     latents = synthesis_latents(arch, grids)
     if arch.frame_type == "I":
-        return reconstruct(arch, bs.float_params(), latents, provider=provider, threads=threads, timings=timings)
+        return DecodedFrame(reconstruct(arch, bs.float_params(), latents, provider=provider, threads=threads,
+                                        timings=timings), {})
     raw = synthesize(arch, bs.float_params(), latents, provider, threads, timings)
     t0 = time.perf_counter()
-    step = 2 if arch.frame_data_type == "yuv420" else 1  # chroma only where the frame keeps it
-    image = to_raw_image(combine(raw, arch.frame_type, refs, step), arch.frame_data_type, arch.bitdepth)
+    image = to_raw_image(combine(raw, arch.frame_type, refs, _chroma_step(arch.frame_data_type)),
+                         arch.frame_data_type, arch.bitdepth)
+    motion = motion_fields(raw, arch.frame_type, ref_indices) if ref_indices else {}
     if timings is not None:
         timings["motion_compensation"] = time.perf_counter() - t0
-    return image
+    return DecodedFrame(image, motion)
+
+
+def reconstruct_direct_frame(params, display_index: int, ref_indices: Sequence[int], refs: Sequence[np.ndarray],
+                             motion, frame_data_type: str, bitdepth: int) -> DecodedFrame:
+    """A direct B frame (``direct.DirectParams``) from its dense references and the motion
+    of the decoded frames (display index -> reference -> field); BitstreamError when its
+    source carries no motion towards its other reference."""
+    from .direct import direct_motion, direct_prediction, source_field
+    from .reconstruct import to_raw_image
+
+    field = source_field(motion, display_index, ref_indices, params.source)
+    v0, v1 = direct_motion(display_index, ref_indices, params.source, field)
+    dense = direct_prediction(refs, v0, v1, params.beta_k, _chroma_step(frame_data_type))
+    return DecodedFrame(to_raw_image(dense, frame_data_type, bitdepth), {ref_indices[0]: v0, ref_indices[1]: v1})
 
 
 def decode_video(
@@ -65,7 +98,7 @@ def decode_video(
     """
     from .inter import dense_reference
     from .latent_codec import decode_latents
-    from .sequence import index_sequence, index_sequence_file, read_sequence_frame
+    from .sequence import index_sequence, index_sequence_file, read_direct_frame, read_sequence_frame
 
     max_pixels, max_memory = decode_options(provider, max_pixels, max_memory)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -94,6 +127,7 @@ def decode_video(
     uses = Counter(r for e in entries for r in e.spec.refs)
     done: Dict[int, RawImage] = {}
     dense: Dict[int, np.ndarray] = {}
+    motion: Dict[int, Dict[int, np.ndarray]] = {}
     frame_times: Dict[int, Dict[str, float]] = {}
     next_out = 0
     for entry in entries:
@@ -101,29 +135,39 @@ def decode_video(
         t0 = time.perf_counter()
         spec = entry.spec
         blob, local = section(entry)
-        bs = read_sequence_frame(blob, header, local, max_memory)
+        params = read_direct_frame(blob, local) if local.direct is not None else None
+        if params is not None:
+            check_direct_frame_memory(header.height, header.width, n_output_channels(header.frame_data_type),
+                                      max_memory)
+        bs = read_sequence_frame(blob, header, local, max_memory) if params is None else None
         t1 = time.perf_counter()
         try:
-            grids = decode_latents(bs, threads=threads)
+            grids = decode_latents(bs, threads=threads) if bs is not None else None
             t2 = time.perf_counter()
             refs = []
             for r in spec.refs:
                 if r not in dense:
                     dense[r] = dense_reference(done[r].planes, header.bitdepth)
                 refs.append(dense[r])
-            image = reconstruct_frame(bs, grids, refs, provider, threads, t)
+            if bs is None:
+                frame = reconstruct_direct_frame(params, spec.display_index, spec.refs, refs, motion,
+                                                 header.frame_data_type, header.bitdepth)
+            else:
+                frame = reconstruct_frame(bs, grids, refs, provider, threads, t, spec.refs)
         except MemoryError:
-            raise out_of_memory(bs.arch, max_memory, "sequence") from None
+            raise out_of_memory((header.height, header.width), max_memory, "sequence") from None
         for r in spec.refs:
             uses[r] -= 1
-        done[spec.display_index] = image
+        done[spec.display_index] = frame.image
+        if frame.motion and uses[spec.display_index] > 0:  # only a later frame may derive from it
+            motion[spec.display_index] = frame.motion
         t.update(parse=t1 - t0, latents=t2 - t1, total=time.perf_counter() - t0)
         frame_times[spec.display_index] = t
         while next_out in done:
-            frame = done[next_out]
-            yield DecodedImage(frame, frame_times.pop(next_out) if timings else None)
+            yield DecodedImage(done[next_out], frame_times.pop(next_out) if timings else None)
             next_out += 1
         # Drop what no later frame needs: output frames no longer referenced.
         for d in [d for d in done if d < next_out and uses[d] <= 0]:
             del done[d]
             dense.pop(d, None)
+            motion.pop(d, None)

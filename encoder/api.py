@@ -61,14 +61,19 @@ def default_substreams(height: int) -> int:
     return max(1, min(64, height // 256))
 
 
-def psnr_db(a: RawImage, b: RawImage) -> float:
-    """PSNR over all planes (weighted by their sizes), peak 2^bitdepth - 1."""
+def mse_code_values(a: RawImage, b: RawImage) -> float:
+    """Mean squared error over every sample of every plane, in code values squared."""
     se, n = 0.0, 0
     for pa, pb in zip(a.planes, b.planes):
         d = pa.astype(np.float64) - pb.astype(np.float64)
         se += float(np.sum(d * d))
         n += d.size
-    mse = se / n
+    return se / n
+
+
+def psnr_db(a: RawImage, b: RawImage) -> float:
+    """PSNR over all planes (weighted by their sizes), peak 2^bitdepth - 1."""
+    mse = mse_code_values(a, b)
     return float("inf") if mse == 0 else 10 * np.log10(a.max_value**2 / mse)
 
 

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--no-motion-init", dest="motion_init", action="store_false",
                      help="start every frame's motion from zero instead of an optical-flow estimate "
                      "(OpenCV DIS), which B frames and the P frames right after their reference use")
+    vid.add_argument("--no-direct-b", dest="direct_b", action="store_false",
+                     help="never send a B frame as a direct B frame (its blend weight alone, its motion "
+                     "derived from a reference's), even where that costs less than its own Cool-chic")
 
     rd = p.add_argument_group("rate-distortion and effort")
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
@@ -270,7 +273,9 @@ def _encode_video(args: argparse.Namespace, t_start: float) -> int:
         if not args.quiet:
             print(f"frame {k + 1}/{total} (display {s['display_index']}, {s['type']}, lambda {s['lmbda']:g}): "
                   f"{s['bytes']} bytes, PSNR {s['psnr_db']:.2f} dB, {s['seconds']:.1f} s"
-                  f"{' (resumed)' if s['resumed'] else ''}", file=sys.stderr, flush=True)
+                  f"{' (resumed)' if s['resumed'] else ''}"
+                  f"{' (direct: its Cool-chic took ' + str(s['coded_bytes']) + ' bytes)' if s['direct'] else ''}",
+                  file=sys.stderr, flush=True)
 
     def log_line(text: str) -> None:
         if not args.quiet:
@@ -280,8 +285,8 @@ def _encode_video(args: argparse.Namespace, t_start: float) -> int:
                        dec_cfg_inter=args.dec_cfg_inter, dec_cfg_b=args.dec_cfg_b, overrides=decoder_overrides(args),
                        n_itr=args.n_itr, device=args.device, threads=args.threads, workdir=args.workdir, seed=args.seed,
                        n_substreams=args.substreams, fps=frame_rate_from_name(args.input),
-                       motion_init=args.motion_init, log_fn=log_line, frame_callback=frame_done,
-                       progress_fn=progress if (bars or log_every) else None)
+                       motion_init=args.motion_init, direct_b=args.direct_b, log_fn=log_line,
+                       frame_callback=frame_done, progress_fn=progress if (bars or log_every) else None)
     atomic_write_bytes(args.output, res.bitstream)
     h, w = frames[0].height, frames[0].width
     bpp = 8 * len(res.bitstream) / (n * h * w)

@@ -1,4 +1,4 @@
-"""Video coding: a sequence of frames into one sequence file (format version 4).
+"""Video coding: a sequence of frames into one sequence file (format version 5).
 
 Frames are coded one after the other in decoding order
 (``decoder_runtime.coding_structure``). Each one overfits its own Cool-chic
@@ -25,6 +25,17 @@ also takes the B frames' small decoder by default; further away its motion
 starts from zero and its latents start at full resolution, which measured
 better (:func:`motion_guided`, :func:`inter_decoder_config`).
 
+A B frame whose reference was itself coded with motion towards its other
+reference may instead be sent as a *direct* B frame: its blend weight alone,
+its motion derived from that reference's (``decoder_runtime/direct.py``),
+an 11-byte section. Its Cool-chic is trained all the same, and the encoder
+keeps whichever costs less by the training loss at the *sequence's* lambda
+(:func:`best_direct_frame`, :func:`frame_cost`): the sequence's cost is
+``sum(MSE) + lambda * sum(rate)`` over its frames, which a frame no other
+frame references changes by its own cost at that lambda alone (the frame's
+own ``1.5^d lambda``, which weighs its bytes more, went direct more often
+and lost at high rates: docs/video.md, "Direct B frames").
+
 With ``workdir``, each finished frame's section is kept
 (``frame_NNN.section``, with a fingerprint of everything that produced it):
 an interrupted encode resumes at the first unfinished frame, which itself
@@ -39,6 +50,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -49,15 +61,28 @@ import torch
 from coolchic import __version__
 from coolchic.decoder_runtime.atomic_file import atomic_write_bytes
 from coolchic.decoder_runtime.coding_structure import FrameSpec, coding_structure
-from coolchic.decoder_runtime.errors import ConfigError, EncodeError, ImageIOError
+from coolchic.decoder_runtime.direct import (
+    DIRECT_BETA_STEPS,
+    SOURCE_FUTURE,
+    SOURCE_NAMES,
+    SOURCE_PAST,
+    DirectParams,
+    MotionFields,
+)
+from coolchic.decoder_runtime.errors import BitstreamError, ConfigError, EncodeError, ImageIOError
 from coolchic.decoder_runtime.frame import RawImage
 from coolchic.decoder_runtime.inter import dense_reference
 from coolchic.decoder_runtime.latent_codec import decode_latents
 from coolchic.decoder_runtime.sequence import SequenceHeader, read_sequence_frame, section_entry
-from coolchic.decoder_runtime.video import reconstruct_frame
-from coolchic.export.sequence_writer import assemble_sequence, encode_sequence_header, write_sequence_frame
+from coolchic.decoder_runtime.video import DecodedFrame, reconstruct_direct_frame, reconstruct_frame
+from coolchic.export.sequence_writer import (
+    assemble_sequence,
+    encode_sequence_header,
+    write_direct_frame,
+    write_sequence_frame,
+)
 
-from .api import default_substreams, hard_round_reconstruction, psnr_db, with_main_iterations
+from .api import default_substreams, hard_round_reconstruction, mse_code_values, psnr_db, with_main_iterations
 from .presets import decoder_config_to_param, load_decoder_config, load_encoder_preset
 from .state import export_state
 from .train import EncoderPreset, TrainerPhase, WarmupPhase, encode_frame
@@ -96,8 +121,9 @@ class EncodedVideo:
     bitstream: bytes
     decoded: Tuple[RawImage, ...]  # display order, as the runtime decodes the bitstream
     structure: Tuple[FrameSpec, ...]  # decoding order
-    # Per frame, decoding order: type, bytes (and, unless resumed, latent_bytes and
-    # param_bytes), PSNR, lambda, seconds.
+    # Per frame, decoding order: type, bytes (and, unless resumed or direct, latent_bytes and
+    # param_bytes), PSNR, lambda, seconds, direct (and for a direct B frame its blend, its motion
+    # source, and the bytes and PSNR of the Cool-chic it replaced).
     frames: Tuple[Dict[str, Any], ...]
 
 
@@ -248,6 +274,7 @@ def encode_video(
     n_substreams: Optional[int] = None,
     fps: Optional[Tuple[int, int]] = None,
     motion_init: bool = True,
+    direct_b: bool = True,
     log_fn: Optional[Callable[[str], None]] = None,
     frame_callback: Optional[Callable[[int, int, Dict[str, Any]], None]] = None,
     progress_fn: Optional[Callable[[int], Tuple[Any, Any]]] = None,
@@ -264,6 +291,10 @@ def encode_video(
     ``motion_init``: start the motion of the B frames, and of the P frames
     whose reference is the frame before, from an optical-flow estimate
     (:func:`motion_guided`).
+    ``direct_b``: a B frame whose reference carries motion towards its other reference
+    may be sent as a direct B frame (its blend weight alone, :func:`best_direct_frame`)
+    when that costs less than its trained Cool-chic by the training loss at ``lmbda``
+    (:func:`frame_cost`); the Cool-chic is trained either way.
     ``frame_callback(k, n, summary)`` after each frame (k-th in decoding order);
     ``progress_fn(total_iterations)`` -> (bar or None, training callback) for each frame.
     Raises ConfigError for bad options, EncodeError if a frame does not decode
@@ -303,6 +334,8 @@ def encode_video(
         os.makedirs(workdir, exist_ok=True)
 
     decoded: Dict[int, RawImage] = {}
+    motion: Dict[int, Dict[int, np.ndarray]] = {}  # kept while a later frame references the frame
+    uses = Counter(r for spec in structure for r in spec.refs)
     sections: List[bytes] = []
     summaries: List[Dict[str, Any]] = []
     for k, spec in enumerate(structure):
@@ -333,7 +366,8 @@ def encode_video(
                                        progress_fn)
         else:
             own = None
-        image = _decode_section(section, seq_header, spec, refs)
+        frame = _decode_section(section, seq_header, spec, refs)
+        image = frame.image
         if own is not None:
             diff = max(int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))) for a, b in zip(own.planes, image.planes))
             if diff > 1:
@@ -342,11 +376,28 @@ def encode_video(
         if section_path and not resumed:
             atomic_write_bytes(section_path, section)
             atomic_write_bytes(section_path + ".json", json.dumps({"fingerprint": fp}).encode())
+        direct = None
+        if direct_b and spec.frame_type == "B":
+            found = best_direct_frame(target, spec, refs, motion)
+            if found is not None:
+                d_section = write_direct_frame(spec, found[0], n)
+                if frame_cost(target, found[1].image, len(d_section), lmbda) < frame_cost(target, image, len(section),
+                                                                                         lmbda):
+                    direct = {"coded_bytes": len(section), "coded_psnr_db": psnr_db(target, image),
+                              "blend": found[0].beta_k / DIRECT_BETA_STEPS, "source": SOURCE_NAMES[found[0].source]}
+                    section, frame, image, sizes = d_section, found[1], found[1].image, {}
         decoded[spec.display_index] = image
+        for r in spec.refs:
+            uses[r] -= 1
+            if uses[r] <= 0:
+                motion.pop(r, None)
+        if uses[spec.display_index] > 0 and frame.motion:
+            motion[spec.display_index] = frame.motion
         sections.append(section)
         s = {"display_index": spec.display_index, "type": spec.frame_type, "refs": list(spec.refs),
              "depth": spec.depth, "lmbda": lam, "bytes": len(section), "psnr_db": psnr_db(target, image),
-             "seconds": time.perf_counter() - t0, "resumed": resumed, **sizes}
+             "seconds": time.perf_counter() - t0, "resumed": resumed, "direct": direct is not None, **sizes,
+             **(direct or {})}
         summaries.append(s)
         if frame_callback is not None:
             frame_callback(k, n, s)
@@ -381,10 +432,37 @@ def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n
     return written.data, hard_round_reconstruction(fe), sizes
 
 
-def _decode_section(section: bytes, header: SequenceHeader, spec: FrameSpec, refs: Sequence[RawImage]) -> RawImage:
-    """The runtime's decoding of one frame section (``varint length`` + body)."""
+def _decode_section(section: bytes, header: SequenceHeader, spec: FrameSpec, refs: Sequence[RawImage]) -> DecodedFrame:
+    """The runtime's decoding of one frame section (``varint length`` + body), with its motion."""
     entry = dataclasses.replace(section_entry(section, header.n_frames), spec=spec)  # the depth is the encoder's, not in the file
     bs = read_sequence_frame(section, header, entry)
     grids = decode_latents(bs, threads=1)
     dense = [dense_reference(x.planes, x.bitdepth) for x in refs]
-    return reconstruct_frame(bs, grids, dense)
+    return reconstruct_frame(bs, grids, dense, ref_indices=spec.refs)
+
+
+def frame_cost(target: RawImage, image: RawImage, n_bytes: int, lmbda: float) -> float:
+    """The training loss's rate-distortion cost of a coded frame: MSE over every sample
+    (values in [0, 1]) + lambda * bits per pixel."""
+    return mse_code_values(target, image) / target.max_value ** 2 + lmbda * 8 * n_bytes / (target.height * target.width)
+
+
+def best_direct_frame(target: RawImage, spec: FrameSpec, refs: Sequence[RawImage],
+                      motion: MotionFields) -> Optional[Tuple[DirectParams, DecodedFrame]]:
+    """The direct B frame (``decoder_runtime/direct.py``) closest to ``target`` in MSE over
+    each motion source its references offer and each blend weight, as the runtime decodes
+    it; None when neither reference carries motion towards the other."""
+    dense = [dense_reference(x.planes, x.bitdepth) for x in refs]
+    best = None
+    for source in (SOURCE_FUTURE, SOURCE_PAST):
+        for k in range(DIRECT_BETA_STEPS + 1):
+            params = DirectParams(k, source)
+            try:
+                frame = reconstruct_direct_frame(params, spec.display_index, spec.refs, dense, motion,
+                                                 target.frame_data_type, target.bitdepth)
+            except BitstreamError:  # this source has no motion towards the other reference
+                break
+            cost = frame_cost(target, frame.image, 0, 0.0)
+            if best is None or cost < best[0]:
+                best = (cost, params, frame)
+    return None if best is None else best[1:]

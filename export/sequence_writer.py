@@ -1,10 +1,11 @@
-"""Sequence files (format version 4): the writing twin of
+"""Sequence files (format version 5): the writing twin of
 ``decoder_runtime/sequence.py``, which gives the layout.
 
-A frame section is written by :func:`write_sequence_frame` as soon as its
-frame is coded (its bytes go into the encoder's resume directory), then read
-back with the runtime's reader and latent decoder; :func:`assemble_sequence`
-puts the header and the sections together.
+A frame section is written by :func:`write_sequence_frame` (a direct B frame's
+by :func:`write_direct_frame`) as soon as its frame is coded (its bytes go into
+the encoder's resume directory), then read back with the runtime's reader and
+latent decoder; :func:`assemble_sequence` puts the header and the sections
+together.
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ import numpy as np
 from coolchic.decoder_runtime.arch import FRAME_DATA_TYPES, FRAME_TYPES, DecoderArch
 from coolchic.decoder_runtime.bitstream import MAGIC, SEQUENCE_VERSION
 from coolchic.decoder_runtime.coding_structure import FrameSpec
+from coolchic.decoder_runtime.direct import DirectParams
 from coolchic.decoder_runtime.errors import BitstreamError, EncodeError
-from coolchic.decoder_runtime.sequence import SequenceHeader, read_sequence_frame, section_entry
+from coolchic.decoder_runtime.sequence import (
+    DIRECT_FRAME_TYPE,
+    SequenceHeader,
+    read_direct_frame,
+    read_sequence_frame,
+    section_entry,
+)
 
 from .bitstream_writer import WrittenBitstream, encode_frame_body, varint, verify_bitstream
 
@@ -36,13 +44,30 @@ def encode_sequence_header(height: int, width: int, frame_data_type: str, bitdep
     return bytes(out)
 
 
-def frame_prefix(spec: FrameSpec) -> bytes:
+def frame_prefix(spec: FrameSpec, direct: bool = False) -> bytes:
     """The frame fields at the start of a section's body: display index, type, references."""
     out = bytearray(varint(spec.display_index))
-    out.append(FRAME_TYPES.index(spec.frame_type))
+    out.append(DIRECT_FRAME_TYPE if direct else FRAME_TYPES.index(spec.frame_type))
     for r in spec.refs:
         out += varint(r)
     return bytes(out)
+
+
+def write_direct_frame(spec: FrameSpec, params: DirectParams, n_frames: int) -> bytes:
+    """The section of a direct B frame (``varint length`` + body), read back before it is returned."""
+    if spec.frame_type != "B":
+        raise EncodeError(f"frame {spec.display_index} is {spec.frame_type}: only a B frame may be direct")
+    body = frame_prefix(spec, direct=True) + bytes([params.beta_k, params.source])
+    body += zlib.crc32(body).to_bytes(4, "little")
+    section = varint(len(body)) + body
+    try:
+        entry = section_entry(section, n_frames)
+        if (entry.spec.display_index, entry.spec.refs, read_direct_frame(section, entry)) != (
+                spec.display_index, spec.refs, params):
+            raise BitstreamError("its fields read back differently")
+    except BitstreamError as e:
+        raise EncodeError(f"the direct frame section just written does not decode: {e}") from e
+    return section
 
 
 def write_sequence_frame(spec: FrameSpec, arch: DecoderArch, q_params: Mapping[str, np.ndarray],

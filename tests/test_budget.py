@@ -311,3 +311,13 @@ def test_out_of_memory_within_the_limit_is_a_resource_limit_error(small_stream, 
     with pytest.raises(ResourceLimitError, match=r"ran out of memory while decoding this 24x40 bitstream "
                                                  r"\(max_memory: 4.0 GiB\); set max_memory \(--max-memory\)"):
         decoder_runtime.decode(data)
+
+
+def test_direct_b_frame_memory_by_hand():
+    """A direct B frame holds 10 float32 planes of work plus three per image plane."""
+    from coolchic.decoder_runtime.budget import check_direct_frame_memory
+
+    assert check_direct_frame_memory(272, 640, 3, None) == 272 * 640 * 4 * 19
+    assert check_direct_frame_memory(272, 640, 1, 272 * 640 * 4 * 13) == 272 * 640 * 4 * 13
+    with pytest.raises(ResourceLimitError, match=r"272x640 direct B frame needs about 12\.6 MiB.*--max-memory 1G"):
+        check_direct_frame_memory(272, 640, 3, 10 << 20)

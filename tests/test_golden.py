@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coolchic.decoder_runtime import decode_video
 from coolchic.decoder_runtime.bitstream import read_bitstream
 from coolchic.decoder_runtime.latent_codec import decode_latents
 from coolchic.export.bitstream_writer import write_bitstream
@@ -92,10 +93,11 @@ def test_version_1_refuses_the_stacked_ifce_flag():
         read_bitstream(_as_version(GOLDEN.read_bytes(), 1))
 
 
-# ---- sequence files (format version 4; version 2 still decodes) --------------------
-GOLDEN_SEQUENCE = Path(__file__).parent / "data" / "golden_v4_ipb.cool"
+# ---- sequence files (format version 5; versions 4 and 2 still decode) ------------
+GOLDEN_SEQUENCE = Path(__file__).parent / "data" / "golden_v5_ipbd.cool"
+GOLDEN_SEQUENCE_V4 = Path(__file__).parent / "data" / "golden_v4_ipb.cool"
 GOLDEN_SEQUENCE_V2 = Path(__file__).parent / "data" / "golden_v2_ipb.cool"
-SEQUENCE_STRUCTURE = ((0, "I", ()), (2, "P", (0,)), (1, "B", (0, 2)))  # decoding order
+SEQUENCE_STRUCTURE = ((0, "I", ()), (2, "P", (0,)), (1, "B", (0, 2)))  # decoding order (versions 2 and 4)
 # Per frame, in decoding order: sha256 of the decoded latents, then of the parameters.
 SEQUENCE_SHA256 = {
     0: ("8f2799482c1f5e3a80c22be04da67f371bbc2316e5b8c28edc566c7e95d94db7",
@@ -105,43 +107,100 @@ SEQUENCE_SHA256 = {
     1: ("e2c818b3406ca0e3169353bcdcca886235386c512ec9b6131ce12144706b41cb",
         "93cc209965eb0e7452eef5112b3ca5f5dfc6bc409682ebec02710faa1515df2c"),
 }
+# Version 5: the same three frames with frame 2 moved to 4 (and so on), then two direct
+# B frames, one from each motion source: frame 3 from frame 2's motion towards 4 (past
+# source), frame 1 from frame 2's motion towards 0 (future source).
+SEQUENCE_STRUCTURE_V5 = ((0, "I", ()), (4, "P", (0,)), (2, "B", (0, 4)), (3, "B", (2, 4)), (1, "B", (0, 2)))
+DIRECT_V5 = {3: (5, 1), 1: (2, 0)}  # display index: (blend k of 8, motion source)
 
 
-def golden_sequence():
-    """Three 16x32 yuv420 frames, I0 P2 B1, from random integer models (6 KB)."""
+def _golden_sections(structure, n_frames, direct=None):
     from coolchic.decoder_runtime.coding_structure import FrameSpec
-    from coolchic.export.sequence_writer import assemble_sequence, encode_sequence_header, write_sequence_frame
+    from coolchic.decoder_runtime.direct import DirectParams
+    from coolchic.export.sequence_writer import write_direct_frame, write_sequence_frame
 
     n_out = {"I": 3, "P": 6, "B": 9}  # residue, then alpha and one motion field per reference, then beta
     sections = []
-    for k, (display, ftype, refs) in enumerate(SEQUENCE_STRUCTURE):
+    for k, (display, ftype, refs) in enumerate(structure):
+        spec = FrameSpec(display, ftype, refs, 1 if ftype == "B" else 0)
+        if direct and display in direct:
+            sections.append(write_direct_frame(spec, DirectParams(*direct[display]), n_frames))
+            continue
         arch = make_arch(size=(16, 32), layers="8-1-linear-relu,X-3-linear-none", n_out=n_out[ftype],
                          frame_type=ftype, frame_data_type="yuv420", latent_resolution=(0, 2),
                          spatial_context_arm=8, n_hidden_layers_arm=1)
         q, shifts, expgol, latents = random_int_model(arch, seed=20 + k, amp=60, shift=6,
                                                       latent_scale=(3.0, 6.0, 9.0))
-        spec = FrameSpec(display, ftype, refs, 1 if ftype == "B" else 0)
-        sections.append(write_sequence_frame(spec, arch, q, shifts, expgol, latents, 2, 3).data)
-    return assemble_sequence(encode_sequence_header(16, 32, "yuv420", 8, 3, (25, 1)), sections)
+        sections.append(write_sequence_frame(spec, arch, q, shifts, expgol, latents, 2, n_frames).data)
+    return sections
 
 
-@pytest.mark.parametrize("path", [GOLDEN_SEQUENCE, GOLDEN_SEQUENCE_V2], ids=["v4", "v2"])
-def test_golden_sequence_decodes_to_pinned_latents(path):
-    """Version 4 holds the same frames as version 2 (no stacked IFCE in them):
-    both decode to the same pinned latents."""
+def golden_sequence(structure=SEQUENCE_STRUCTURE_V5, direct=DIRECT_V5):
+    """16x32 yuv420 frames from random integer models (the first three: 6 KB), and direct B frames."""
+    from coolchic.export.sequence_writer import assemble_sequence, encode_sequence_header
+
+    n = len(structure)
+    return assemble_sequence(encode_sequence_header(16, 32, "yuv420", 8, n, (25, 1)),
+                             _golden_sections(structure, n, direct))
+
+
+def _sequence_hashes(data):
     from coolchic.decoder_runtime.sequence import index_sequence, read_sequence_frame
 
-    data = path.read_bytes()
     header, entries = index_sequence(data)
     assert (header.height, header.width, header.frame_data_type, header.bitdepth) == (16, 32, "yuv420", 8)
-    assert header.n_frames == 3 and header.fps == (25, 1)
-    assert tuple((e.spec.display_index, e.spec.frame_type, e.spec.refs) for e in entries) == SEQUENCE_STRUCTURE
+    assert header.fps == (25, 1)
     got = {}
     for e in entries:
-        bs = read_sequence_frame(data, header, e)
-        got[e.spec.display_index] = (_hash(decode_latents(bs)), _hash(bs.q_params[k] for k in sorted(bs.q_params)))
-    assert got == SEQUENCE_SHA256
+        if e.direct is None:
+            bs = read_sequence_frame(data, header, e)
+            got[e.spec.display_index] = (_hash(decode_latents(bs)), _hash(bs.q_params[k] for k in sorted(bs.q_params)))
+        else:
+            got[e.spec.display_index] = (e.direct.beta_k, e.direct.source)
+    return tuple((e.spec.display_index, e.spec.frame_type, e.spec.refs) for e in entries), got
+
+
+@pytest.mark.parametrize("path", [GOLDEN_SEQUENCE_V4, GOLDEN_SEQUENCE_V2], ids=["v4", "v2"])
+def test_earlier_golden_sequences_decode_to_pinned_latents(path):
+    """Version 4 holds the same frames as version 2 (no stacked IFCE in them):
+    both decode to the same pinned latents."""
+    structure, got = _sequence_hashes(path.read_bytes())
+    assert structure == SEQUENCE_STRUCTURE and got == SEQUENCE_SHA256
+
+
+def test_golden_sequence_decodes_to_pinned_latents_and_direct_frames():
+    """Version 5: its three coded frames are version 4's (the same random models), and
+    its direct B frames hold what they were written with."""
+    structure, got = _sequence_hashes(GOLDEN_SEQUENCE.read_bytes())
+    assert structure == SEQUENCE_STRUCTURE_V5
+    assert got == {0: SEQUENCE_SHA256[0], 4: SEQUENCE_SHA256[2], 2: SEQUENCE_SHA256[1], **DIRECT_V5}
+    frames = list(decode_video(GOLDEN_SEQUENCE.read_bytes()))
+    assert [f.image.height for f in frames] == [16] * 5
 
 
 def test_encoder_reproduces_golden_sequence_bytes():
     assert golden_sequence() == GOLDEN_SEQUENCE.read_bytes()
+
+
+def test_version_5_without_direct_frames_is_version_4_relabelled():
+    """Version 5 changed one thing: frame type 3. A sequence without direct B frames writes
+    version 4's bytes but for the version byte (and so the header's CRC)."""
+    data = golden_sequence(SEQUENCE_STRUCTURE, None)
+    assert data[2] == 5 and _as_version_header(data, 4) == GOLDEN_SEQUENCE_V4.read_bytes()
+
+
+def test_version_4_refuses_a_direct_frame():
+    from coolchic.decoder_runtime.errors import BitstreamError
+    from coolchic.decoder_runtime.sequence import index_sequence
+
+    with pytest.raises(BitstreamError, match=r"invalid frame type 3 \(format version 4\)"):
+        index_sequence(_as_version_header(GOLDEN_SEQUENCE.read_bytes(), 4))
+
+
+def _as_version_header(data: bytes, version: int) -> bytes:
+    """A sequence file with another version byte, and its header's CRC made right."""
+    from coolchic.decoder_runtime.sequence import read_sequence_header
+
+    n = read_sequence_header(data).n_bytes
+    head = data[:2] + bytes([version]) + data[3:n - 4]
+    return head + zlib.crc32(head).to_bytes(4, "little") + data[n:]

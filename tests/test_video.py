@@ -1,5 +1,6 @@
-"""Video: motion compensation (encoder/inter.py and its runtime twin), sequence
-files (format version 4), the torch-free sequence decoder, and the CLIs."""
+"""Video: motion compensation (encoder/inter.py and its runtime twin), direct B
+frames, sequence files (format version 5), the torch-free sequence decoder, and
+the CLIs."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from coolchic.export.sequence_writer import encode_sequence_header
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CLIP = SHARED / "data" / "coolchic-testdata" / "D-BQSquare-3frames_224x128_60p_yuv420_8b.yuv"
+CLIP5 = SHARED / "data" / "coolchic-testdata" / "D-BQSquare-5frames_224x128_60p_yuv420_8b.yuv"
 # A small decoder: the test is about the plumbing, not the rate.
 SMALL = dict(arm="8,1", layers_synthesis="8-1-linear-relu,X-1-linear-none", n_ft_per_res="1,1,1")
 TINY_CFG = "n_itr = 12\nfreq_valid = 6\nwarmup = none\nfinal_itr = 3\nrdoq = false\n"
@@ -27,11 +29,11 @@ TINY_CFG = "n_itr = 12\nfreq_valid = 6\nwarmup = none\nfinal_itr = 3\nrdoq = fal
 torch.set_num_threads(1)
 
 
-def _crop_frames(n=3, h=32, w=48):
-    fmt = yuv_format(CLIP)
+def _crop_frames(n=3, h=32, w=48, clip=CLIP):
+    fmt = yuv_format(clip)
     out = []
     for i in range(n):
-        f = read_yuv(CLIP, fmt, i)
+        f = read_yuv(clip, fmt, i)
         y, u, v = f.planes
         out.append(RawImage((y[40:40 + h, 64:64 + w].copy(), u[20:20 + h // 2, 32:32 + w // 2].copy(),
                              v[20:20 + h // 2, 32:32 + w // 2].copy()), "yuv420", 8))
@@ -141,9 +143,145 @@ def test_motion_channels_are_in_sixteenths_of_a_pixel():
 
 
 # ---- sequence files --------------------------------------------------------------------
+# ---- direct B frames -----------------------------------------------------------------
+def test_direct_motion_of_a_constant_field_by_hand():
+    """A constant field reads the same anywhere: v0 = s0 f, v1 = -s1 f (future source), and
+    the mirror for the past source; s0 = 1/4, s1 = 3/4 for a frame at 1 between 0 and 4."""
+    from coolchic.decoder_runtime.direct import SOURCE_FUTURE, SOURCE_PAST, direct_motion
+
+    f = np.empty((2, 6, 8), np.float32)
+    f[0], f[1] = 4.0, -2.0
+    v0, v1 = direct_motion(1, (0, 4), SOURCE_FUTURE, f)
+    assert np.all(v0[0] == 1.0) and np.all(v0[1] == -0.5) and np.all(v1[0] == -3.0) and np.all(v1[1] == 1.5)
+    v0, v1 = direct_motion(1, (0, 4), SOURCE_PAST, f)
+    assert np.all(v0[0] == -1.0) and np.all(v0[1] == 0.5) and np.all(v1[0] == 3.0) and np.all(v1[1] == -1.5)
+    with pytest.raises(BitstreamError, match="both sides"):
+        direct_motion(5, (0, 4), SOURCE_FUTURE, f)
+
+
+def test_direct_frame_of_a_steady_motion_is_the_true_frame():
+    """A pattern moving 2 pixels right and 1 down per frame: frame 2's motion towards frame 0
+    (-4, -2) makes frame 1, away from the borders, whatever the blend (exactly with one
+    reference alone; to float rounding, far below a code value, with both)."""
+    from coolchic.decoder_runtime.direct import SOURCE_FUTURE, direct_motion, direct_prediction
+
+    rng = np.random.default_rng(5)
+    pattern = rng.random((3, 40, 48), dtype=np.float32)
+
+    def at(t):  # frame t: the pattern moved by (2t, t)
+        return np.roll(pattern, (t, 2 * t), axis=(1, 2))
+
+    f = np.empty((2, 40, 48), np.float32)
+    f[0], f[1] = -4.0, -2.0  # frame 2 (x) = frame 0 (x + f)
+    v0, v1 = direct_motion(1, (0, 2), SOURCE_FUTURE, f)
+    for k in (0, 3, 8):
+        got = direct_prediction([at(0), at(2)], v0, v1, k)[:, 4:-4, 4:-4]
+        want = at(1)[:, 4:-4, 4:-4]
+        assert np.array_equal(got, want) if k in (0, 8) else np.max(np.abs(got - want)) < 1e-6
+
+
+def test_direct_frame_without_motion_towards_the_other_reference_is_refused():
+    from coolchic.decoder_runtime.direct import SOURCE_FUTURE, SOURCE_PAST, source_field
+
+    field = np.zeros((2, 4, 4), np.float32)
+    motion = {2: {0: field}, 4: {}}
+    assert source_field(motion, 1, (0, 2), SOURCE_FUTURE) is field
+    with pytest.raises(BitstreamError, match="motion of frame 0 towards frame 2, which frame 0 does not carry"):
+        source_field(motion, 1, (0, 2), SOURCE_PAST)
+    with pytest.raises(BitstreamError, match="frame 4 towards frame 2"):
+        source_field(motion, 3, (2, 4), SOURCE_FUTURE)
+
+
+def test_frame_cost_by_hand():
+    """MSE over every sample in [0, 1] units plus lambda * bits per pixel."""
+    from coolchic.encoder.video import frame_cost
+
+    a = RawImage(tuple(np.full((4, 4), 100, np.uint8) for _ in range(3)), "yuv444", 8)
+    b = RawImage(tuple(p.copy() for p in a.planes), "yuv444", 8)
+    b.planes[1][2, 3] = 103  # one sample of 48 off by 3
+    assert frame_cost(a, b, 10, 0.01) == pytest.approx(9 / 48 / 255**2 + 0.01 * 80 / 16, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def direct_seq(tmp_path_factory):
+    """Five 48x32 frames, I0 P4 B2 B1 B3, at a lambda where bytes weigh, with their workdir."""
+    from coolchic.encoder.video import encode_video
+
+    work = tmp_path_factory.mktemp("direct")
+    cfg = work / "tiny.cfg"
+    cfg.write_text(TINY_CFG)
+    frames = _crop_frames(5, clip=CLIP5)
+    kw = dict(lmbda=1e-2, preset=str(cfg), dec_cfg="vlop", overrides=SMALL, threads=1, workdir=work / "wd")
+    return frames, encode_video(frames, (0,), (4,), **kw), kw
+
+
+def test_b_frames_go_direct_where_that_costs_less(direct_seq):
+    """The depth-2 frames B1 and B3 become direct B frames (11 bytes each), one from each
+    motion source, and the torch-free decoder reads the very frames the encoder chose;
+    without direct B frames the same trained Cool-chics are sent."""
+    from coolchic.encoder.video import encode_video
+
+    frames, res, kw = direct_seq
+    by = {s["display_index"]: s for s in res.frames}
+    assert [i for i in by if by[i]["direct"]] == [1, 3]
+    assert (by[1]["source"], by[3]["source"]) == ("future", "past") and by[1]["bytes"] == by[3]["bytes"] == 11
+    header, entries = index_sequence(res.bitstream)
+    assert [e.direct is not None for e in entries] == [False, False, False, True, True]
+    for dec, enc in zip(decode_video(res.bitstream), res.decoded):
+        assert all(np.array_equal(a, b) for a, b in zip(dec.image.planes, enc.planes))
+    coded = encode_video(frames, (0,), (4,), direct_b=False, **kw)  # every frame resumed from the workdir
+    assert [s["resumed"] for s in coded.frames] == [True] * 5 and not any(s["direct"] for s in coded.frames)
+    assert [s["bytes"] for s in coded.frames][3:] == [by[1]["coded_bytes"], by[3]["coded_bytes"]]
+
+
+def test_bad_direct_frames_get_clear_errors(direct_seq):
+    from coolchic.decoder_runtime.direct import DirectParams
+    from coolchic.decoder_runtime.coding_structure import FrameSpec
+    from coolchic.export.sequence_writer import write_direct_frame
+
+    _, res, _ = direct_seq
+    data = res.bitstream
+    header, entries = index_sequence(data)
+    b3 = entries[4]  # the last section: frame 3, from frame 2's motion towards frame 4
+    # From frame 4's motion towards frame 2 instead: P4 has motion towards frame 0 only.
+    other = write_direct_frame(FrameSpec(3, "B", (2, 4), 2), DirectParams(4, 0), 5)
+    with pytest.raises(BitstreamError, match="motion of frame 4 towards frame 2, which frame 4 does not carry"):
+        list(decode_video(data[:entries[3].end] + other))
+    # A blend weight past 8, the CRC made right: the section's fields are refused.
+    body = bytearray(data[b3.start:b3.end - 4])
+    body[-2] = 9
+    import zlib
+
+    bad = data[:b3.start] + bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "little")
+    with pytest.raises(BitstreamError, match="invalid direct B frame fields"):
+        list(decode_video(bad))
+    # A flipped field byte: the CRC names the frame when its turn comes.
+    bad = bytearray(data)
+    bad[b3.end - 5] ^= 1
+    with pytest.raises(BitstreamError, match="frame 3 is corrupted"):
+        list(decode_video(bytes(bad)))
+
+
+def test_cli_reports_direct_frames(direct_seq, tmp_path, capsys):
+    from coolchic.decoder_runtime import cli as dcli
+
+    _, res, _ = direct_seq
+    src = tmp_path / "d.cool"
+    src.write_bytes(res.bitstream)
+    assert dcli.main(["-i", str(src), "-o", str(tmp_path / "d_48x32_yuv420_8b.yuv"), "-v"], fast_exit=False) == 0
+    out = capsys.readouterr().out
+    k = res.frames[3]["blend"] * 8
+    assert f"frame 1 (B, direct, 10 bytes): blend {k:g}/8, motion of frame 2" in out
+
+
+def test_mutated_direct_sequences_never_escape_bitstream_error(direct_seq):
+    _, res, _ = direct_seq
+    _mutations_never_escape(res.bitstream, 5, seed=12)
+
+
 def test_sequence_header_layout():
     got = encode_sequence_header(128, 224, "yuv420", 10, 3, (60, 1))
-    body = bytes([0x43, 0x63, 4, 127, 0xDF, 0x01, 0x12, 3, 60, 1])
+    body = bytes([0x43, 0x63, 5, 127, 0xDF, 0x01, 0x12, 3, 60, 1])
     import zlib
 
     assert got == body + zlib.crc32(body).to_bytes(4, "little")
@@ -375,10 +513,13 @@ def test_cli_refuses_a_b_frame_without_future_reference(tmp_path, capsys):
 
 
 def test_mutated_sequences_never_escape_bitstream_error(ipb):
-    """Random byte changes, truncations and insertions: a clean error or a decode, nothing else."""
     _, res, _, _ = ipb
-    data = res.bitstream
-    rng = np.random.default_rng(11)
+    _mutations_never_escape(res.bitstream, 3, seed=11)
+
+
+def _mutations_never_escape(data: bytes, n_frames: int, seed: int) -> None:
+    """Random byte changes, truncations and insertions: a clean error or a decode, nothing else."""
+    rng = np.random.default_rng(seed)
     outcomes = {"error": 0, "decoded": 0}
     for _ in range(120):
         blob = bytearray(data)
@@ -395,7 +536,7 @@ def test_mutated_sequences_never_escape_bitstream_error(ipb):
         except BitstreamError:
             outcomes["error"] += 1
         else:
-            assert len(frames) == 3
+            assert len(frames) == n_frames
             outcomes["decoded"] += 1
     assert outcomes["error"] > 100  # CRCs catch nearly all of them
 
