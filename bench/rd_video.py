@@ -37,8 +37,8 @@ x265, x264 and coolchic all-intra. Coolchic points are appended to
 options (an interrupted run goes on); ``--workdir DIR`` keeps each video
 point's frame sections in ``DIR/lmbda_<lambda>`` (``encode_video``'s resume
 directory), so that an interrupted point, or a variant that changes only
-later frames, does not train its finished frames again. Writes ``<out>`` (TSV: codec, param,
-bytes, bpp, psnr_yuv) and ``<out>.png`` (matplotlib). Last line:
+later frames, does not train its finished frames again. Writes ``<out>``
+(TSV: codec, param, bytes, bpp, psnr_yuv) and ``<out>.png`` (matplotlib). Last line:
 ``bd_rate_vs_x265=<value> %``, or ``x265_points=<n>`` when coolchic video is
 skipped.
 """
