@@ -4,6 +4,7 @@ and coolchic all-intra, on YUV 4:2:0.
     python bench/rd_video.py [--video PATH] [--size WxH] [--n-frames 9]
                              [--lmbda 0.004,0.002,0.001,0.0005] [--preset fast]
                              [--dec-cfg mop] [--dec-cfg-inter NAME] [--dec-cfg-b NAME] [--no-direct-b]
+                             [--no-derived-motion]
                              [--crfs 22,27,32,37,42] [--gop N]
                              [--skip-coolchic] [--skip-intra] [--anchors-only]
                              [--resume] [--workdir DIR] [--psnr-mode mse411]
@@ -87,7 +88,8 @@ def _run_key(args, p_pos, lmbda) -> str:
 
     # Points recorded before direct B frames existed keep their key: they are --no-direct-b's.
     return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{names('P')}|"
-            f"{names('B')}|p{','.join(map(str, p_pos))}{'|direct' if args.direct_b else ''}")
+            f"{names('B')}|p{','.join(map(str, p_pos))}{'|direct' if args.direct_b else ''}"
+            f"{'|derived' if args.derive_b_motion else ''}")
 
 
 def _same_run(recorded: str, key: str, codec: str) -> bool:
@@ -122,10 +124,11 @@ def encode_coolchic(codec, frames, lmbda, args, p_pos, threads):
 
         res = encode_video(raws, intra_pos=(0,), p_pos=tuple(p_pos), lmbda=lmbda, preset=args.preset,
                            dec_cfg=args.dec_cfg, dec_cfg_inter=args.dec_cfg_inter, dec_cfg_b=args.dec_cfg_b,
-                           direct_b=args.direct_b, threads=threads,
+                           direct_b=args.direct_b, derive_b_motion=args.derive_b_motion, threads=threads,
                            workdir=args.workdir / f"lmbda_{lmbda:g}" if args.workdir else None,
                            frame_callback=lambda k, n, s: print(
-                               f"  frame {s['display_index']} ({s['type']}{', direct' if s['direct'] else ''}): "
+                               f"  frame {s['display_index']} ({s['type']}{', direct' if s['direct'] else ''}"
+                               f"{', derived motion' if s['derived_motion'] else ''}): "
                                f"{s['bytes']} bytes, {s['psnr_db']:.3f} dB"
                                + (f" (its Cool-chic: {s['coded_bytes']} bytes, {s['coded_psnr_db']:.3f} dB)"
                                   if s['direct'] else ""), flush=True))
@@ -192,6 +195,8 @@ def main() -> None:
                     help="coolchic decoder configuration of B frames (default: by lambda, as coolchic-encode)")
     ap.add_argument("--no-direct-b", dest="direct_b", action="store_false",
                     help="coolchic: never send a B frame as a direct B frame")
+    ap.add_argument("--no-derived-motion", dest="derive_b_motion", action="store_false",
+                    help="coolchic: never derive a B frame's motion from a reference's")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="coolchic video: keep each point's frame sections in DIR/lmbda_<lambda> and resume from them")
     ap.add_argument("--threads", type=int, default=None, help="coolchic encoder threads (default: all cores)")

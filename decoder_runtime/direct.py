@@ -24,6 +24,12 @@ The frame is then ``beta warp(R0, v0) + (1 - beta) warp(R1, v1)`` with
 rounded like any frame. A direct frame's own motion (``v0``, ``v1``) can be
 the source of a later direct frame.
 
+A B frame *with derived motion* (also version 5) is a coded B frame whose
+motion is ``v = 16 m + o``: its Cool-chic codes only the correction ``m`` to
+the derived motion ``o = (v0, v1)`` above (``inter.combine``'s
+``motion_offset``). Its training starts from the derived motion instead of
+an optical-flow estimate, and its motion latents shrink (docs/video.md).
+
 Every step is a float32 product, a float32 quotient or the warp kernel, so
 an encoder and a decoder given the same fields compute the same frame. The
 encoder takes the fields from the runtime's decoding of the frames it wrote
@@ -33,7 +39,7 @@ encoder takes the fields from the runtime's decoding of the frames it wrote
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,12 +64,25 @@ class DirectParams:
     source: int  # SOURCE_FUTURE or SOURCE_PAST
 
 
-def motion_fields(raw: np.ndarray, frame_type: str, refs: Sequence[int]) -> Dict[int, np.ndarray]:
+def motion_fields(raw: np.ndarray, frame_type: str, refs: Sequence[int],
+                  offset: Optional[np.ndarray] = None) -> Dict[int, np.ndarray]:
     """The motion in pixels of a P or B frame's synthesis output ``raw`` (C, H, W), by reference:
-    ``v = MOTION_SCALE * m`` in float32, the product ``inter.combine`` computes per pixel."""
+    ``v = MOTION_SCALE * m`` (``+ offset``, its derived motion) in float32, as ``inter.combine``
+    computes it per pixel."""
     n = raw.shape[0] - inter_channels(frame_type)
     scale = np.float32(MOTION_SCALE)
-    return {r: np.asarray(raw[n + 1 + 2 * i:n + 3 + 2 * i], np.float32) * scale for i, r in enumerate(refs)}
+    out = {}
+    for i, r in enumerate(refs):
+        v = np.asarray(raw[n + 1 + 2 * i:n + 3 + 2 * i], np.float32) * scale
+        out[r] = v if offset is None else v + offset[2 * i:2 * i + 2]
+    return out
+
+
+def derived_motion(motion: MotionFields, t: int, refs: Sequence[int], source: int) -> np.ndarray:
+    """``(4, H, W)``: ``v0`` then ``v1`` of a frame at ``t`` derived from its ``source``
+    reference's motion (:func:`source_field`, :func:`direct_motion`)."""
+    v0, v1 = direct_motion(t, refs, source, source_field(motion, t, refs, source))
+    return np.concatenate([v0, v1])
 
 
 def source_field(motion: MotionFields, t: int, refs: Sequence[int], source: int) -> np.ndarray:

@@ -6,7 +6,9 @@ decoded references (docs/bitstream.md, "Inter frames"). The encoder's twin is
 * channels of the synthesis output, in order: the residue ``r`` (one per
   plane), ``a``, the motion ``m0``, and for a B frame ``m1`` and ``b``; the
   motion in pixels is ``v = MOTION_SCALE * m`` (a shift of a few pixels is a
-  small output, as the networks' initialisation and learning rates expect);
+  small output, as the networks' initialisation and learning rates expect),
+  plus, in a B frame with derived motion, that motion ``o`` in pixels:
+  ``v = MOTION_SCALE * m + o`` (``direct.py``);
 * ``alpha = clip(a + 1/2, 0, 1)``, ``beta = clip(b + 1/2, 0, 1)``;
 * ``warp(R, v)(y, x)``: bilinear interpolation of ``R`` at
   ``(clip(x + dx, 0, W-1), clip(y + dy, 0, H-1))``, the four neighbours
@@ -20,7 +22,7 @@ decoded references (docs/bitstream.md, "Inter frames"). The encoder's twin is
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -81,8 +83,9 @@ def _warp_kernel(ref, flow, out):
 
 
 @njit(nogil=True)
-def _combine_kernel(raw, n_planes, two_refs, ref0, ref1, chroma_step, out):
-    """:func:`combine` in one pass over the pixels; ``ref1`` is ignored unless ``two_refs``."""
+def _combine_kernel(raw, n_planes, two_refs, ref0, ref1, chroma_step, off, has_off, out):
+    """:func:`combine` in one pass over the pixels; ``ref1`` is ignored unless ``two_refs``,
+    ``off`` unless ``has_off``."""
     _, h, w = raw.shape
     half, zero, one, scale = np.float32(0.5), np.float32(0), np.float32(1), np.float32(MOTION_SCALE)
     n = n_planes
@@ -91,13 +94,17 @@ def _combine_kernel(raw, n_planes, two_refs, ref0, ref1, chroma_step, out):
             a = raw[n, y, x] + half
             alpha = zero if a < zero else (one if a > one else a)
             fx, fy = np.float32(x), np.float32(y)
-            x0, x1, y0, y1, wx, wy = _taps(_position(fx + raw[n + 1, y, x] * scale, w),
-                                           _position(fy + raw[n + 2, y, x] * scale, h), w, h)
+            mx, my = raw[n + 1, y, x] * scale, raw[n + 2, y, x] * scale
+            if has_off:
+                mx, my = mx + off[0, y, x], my + off[1, y, x]
+            x0, x1, y0, y1, wx, wy = _taps(_position(fx + mx, w), _position(fy + my, h), w, h)
             beta = zero
             u0, u1, v0, v1, ux, uy = x0, x1, y0, y1, wx, wy
             if two_refs:
-                u0, u1, v0, v1, ux, uy = _taps(_position(fx + raw[n + 3, y, x] * scale, w),
-                                               _position(fy + raw[n + 4, y, x] * scale, h), w, h)
+                mx, my = raw[n + 3, y, x] * scale, raw[n + 4, y, x] * scale
+                if has_off:
+                    mx, my = mx + off[2, y, x], my + off[3, y, x]
+                u0, u1, v0, v1, ux, uy = _taps(_position(fx + mx, w), _position(fy + my, h), w, h)
                 b = raw[n + 5, y, x] + half
                 beta = zero if b < zero else (one if b > one else b)
             # Planes past the first only where chroma_step divides both coordinates.
@@ -117,7 +124,8 @@ def warp(ref: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return out
 
 
-def combine(raw: np.ndarray, frame_type: str, refs: Sequence[np.ndarray], chroma_step: int = 1) -> np.ndarray:
+def combine(raw: np.ndarray, frame_type: str, refs: Sequence[np.ndarray], chroma_step: int = 1,
+            motion_offset: Optional[np.ndarray] = None) -> np.ndarray:
     """The decoded dense frame ``(planes, H, W)`` (not yet clamped) of a P or B frame's synthesis output.
 
     One numba pass over the pixels (``_combine_kernel``): per pixel, the
@@ -127,6 +135,8 @@ def combine(raw: np.ndarray, frame_type: str, refs: Sequence[np.ndarray], chroma
     rows and columns, the samples a yuv420 frame keeps (its other values are
     left undefined): the kernel of a 640x272 B frame takes 4.5 ms instead of
     5.5 (medians of 5 rounds, random motion of about a pixel).
+    ``motion_offset`` ``(2 or 4, H, W)``: pixels added to the motion, ``v = 16 m + o``
+    (a B frame with derived motion, ``direct.py``).
     """
     if chroma_step not in (1, 2):
         raise ValueError(f"chroma_step must be 1 or 2, got {chroma_step}")
@@ -141,5 +151,11 @@ def combine(raw: np.ndarray, frame_type: str, refs: Sequence[np.ndarray], chroma
     ref0 = np.ascontiguousarray(refs[0], dtype=np.float32)
     ref1 = np.ascontiguousarray(refs[-1], dtype=np.float32)
     out = np.empty((n_planes, *raw.shape[1:]), np.float32)
-    _combine_kernel(raw, n_planes, frame_type == "B", ref0, ref1, chroma_step, out)
+    if motion_offset is None:
+        off = np.zeros((1, 1, 1), np.float32)
+    else:
+        off = np.ascontiguousarray(motion_offset, dtype=np.float32)
+        if off.shape != (2 * n_refs, *raw.shape[1:]):
+            raise BitstreamError(f"a motion offset of shape {off.shape} for a {frame_type} frame of {raw.shape[1:]}")
+    _combine_kernel(raw, n_planes, frame_type == "B", ref0, ref1, chroma_step, off, motion_offset is not None, out)
     return out

@@ -6,7 +6,8 @@ then one section per frame in decoding order, each ``varint length`` + body. A
 body holds the frame's display index, type and references, then an image
 header, parameters and latent substreams exactly as an image file's, and ends
 with the CRC-32 of the body. A direct B frame's body (type 3, version 5) holds
-its blend weight and motion source instead of an image (``direct.py``).
+its blend weight and motion source instead of an image; a B frame with derived
+motion (type 4, version 5) its motion source before its image (``direct.py``).
 Lengths let a reader index the file without parsing the frames
 (:func:`index_sequence`) and seek to any of them; each frame is checked on its
 own (:func:`read_sequence_frame`, :func:`read_direct_frame`).
@@ -16,6 +17,7 @@ The writer is ``export/sequence_writer.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -43,6 +45,7 @@ MAX_FRAMES = 1 << 16
 # beyond this size.
 MAX_SEQUENCE_BYTES = 1 << 31
 DIRECT_FRAME_TYPE = 3  # the type byte of a direct B frame's section (version 5)
+DERIVED_MOTION_FRAME_TYPE = 4  # the type byte of a B frame with derived motion (version 5)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class FrameEntry:
     header_start: int  # first byte of its image header (of its CRC for a direct B frame)
     end: int  # one past its CRC
     direct: Optional[DirectParams] = None  # a direct B frame's fields; None for a frame with an image
+    motion_source: Optional[int] = None  # a B frame with derived motion: its source (direct.SOURCE_*)
 
 
 def _read_sequence_header(data: bytes, max_pixels: Optional[int]) -> SequenceHeader:
@@ -152,18 +156,16 @@ def index_sequence_file(f, max_pixels: Optional[int] = None) -> Tuple[SequenceHe
         short = BitstreamError(f"frame section {k} claims {length} bytes but the file ends before")
         try:
             e = frame_entry(peek, 0, len(peek), header.n_frames, k, header.version)
-            if e.direct is not None:
-                entries.append(FrameEntry(e.spec, start, start + e.header_start, start + length, e.direct))
-                pos = start + length
-                continue
-            r = _Reader(peek, len(peek))
-            r.pos = e.header_start
-            image = _read_header(r, header.version, max_pixels, inter=True)
+            image = None
+            if e.direct is None:  # a direct B frame's section is all read: frame_entry checked its length
+                r = _Reader(peek, len(peek))
+                r.pos = e.header_start
+                image = _read_header(r, header.version, max_pixels, inter=True)
         except BitstreamError as err:
             if len(peek) < min(length, HEADER_PEEK):
                 raise short from None
             raise BitstreamError(f"frame section {k}: {err}") from None
-        bound = e.header_start + max_bitstream_bytes(image) - len(MAGIC) - 1
+        bound = e.header_start + max_bitstream_bytes(image) - len(MAGIC) - 1 if image is not None else length
         if length > bound:
             raise BitstreamError(f"frame section {k} claims {length} bytes, more than its header allows ({bound})")
         if len(peek) < min(length, HEADER_PEEK):
@@ -172,7 +174,7 @@ def index_sequence_file(f, max_pixels: Optional[int] = None) -> Tuple[SequenceHe
             f.seek(start + length - 1)  # the section's last byte must be there
             if not f.read(1):
                 raise short
-        entries.append(FrameEntry(e.spec, start, start + e.header_start, start + length))
+        entries.append(dataclasses.replace(e, start=start, header_start=start + e.header_start, end=start + length))
         pos = start + length
         f.seek(pos)
     return header, _checked(header, entries)
@@ -201,21 +203,26 @@ def frame_entry(data: bytes, start: int, end: int, n_frames: int, k: int = 0,
     display = f.varint(f"frame section {k} display index", 0, n_frames - 1)
     t = f.byte(f"frame section {k} type")
     direct = t == DIRECT_FRAME_TYPE and version in DIRECT_VERSIONS
-    if t >= len(FRAME_TYPES) and not direct:
+    derived = t == DERIVED_MOTION_FRAME_TYPE and version in DIRECT_VERSIONS
+    if t >= len(FRAME_TYPES) and not (direct or derived):
         raise BitstreamError(f"frame section {k}: invalid frame type {t} (format version {version})")
-    ftype = "B" if direct else FRAME_TYPES[t]
+    ftype = "B" if direct or derived else FRAME_TYPES[t]
     refs = tuple(f.varint(f"frame section {k} reference {i}", 0, n_frames - 1) for i in range(N_REFERENCES[ftype]))
-    params = None
+    params, source = None, None
+    if derived:
+        source = f.byte(f"frame section {k} motion source")
+        if source >= len(SOURCE_NAMES):
+            raise BitstreamError(f"frame section {k}: invalid motion source {source}")
     if direct:
         beta_k = f.byte(f"frame section {k} blend weight")
-        source = f.byte(f"frame section {k} motion source")
-        if beta_k > DIRECT_BETA_STEPS or source >= len(SOURCE_NAMES):
-            raise BitstreamError(f"frame section {k}: invalid direct B frame fields (blend {beta_k}, source {source})")
+        d_source = f.byte(f"frame section {k} motion source")
+        if beta_k > DIRECT_BETA_STEPS or d_source >= len(SOURCE_NAMES):
+            raise BitstreamError(f"frame section {k}: invalid direct B frame fields (blend {beta_k}, source {d_source})")
         if end - f.pos != 4:
             raise BitstreamError(f"frame section {k}: a direct B frame's section holds {end - start} bytes, "
                                  f"expected {f.pos + 4 - start}")
-        params = DirectParams(beta_k, source)
-    return FrameEntry(FrameSpec(display, ftype, refs, 0), start, f.pos, end, params)
+        params = DirectParams(beta_k, d_source)
+    return FrameEntry(FrameSpec(display, ftype, refs, 0), start, f.pos, end, params, source)
 
 
 def section_entry(section: bytes, n_frames: int, version: int = SEQUENCE_VERSION) -> FrameEntry:

@@ -7,7 +7,8 @@ Each frame section is parsed and checked (``sequence.read_sequence_frame``),
 its latents decoded by the numba decoder, its synthesis run on onnxruntime;
 a P or B frame's output is then combined with its decoded references
 (``inter.combine``). A direct B frame (format version 5) has no image: its
-motion follows from a reference's own motion (``direct.py``). A decoded frame,
+motion follows from a reference's own motion (``direct.py``); a B frame with
+derived motion adds its own to that. A decoded frame,
 and its motion, is kept only while a later frame still references it or it
 still waits for its turn in display order
 (``coding_structure.max_references_alive`` bounds how many).
@@ -44,10 +45,12 @@ def _chroma_step(frame_data_type: str) -> int:
 
 
 def reconstruct_frame(bs, grids, refs: Sequence[np.ndarray], provider: str = "cpu", threads: int = 1,
-                      timings: Optional[Dict[str, float]] = None, ref_indices: Sequence[int] = ()) -> DecodedFrame:
+                      timings: Optional[Dict[str, float]] = None, ref_indices: Sequence[int] = (),
+                      motion_offset: Optional[np.ndarray] = None) -> DecodedFrame:
     """The decoded frame of a parsed frame section, from its latent grids and its
     references (dense, ``inter.dense_reference``; none for an intra frame), whose
-    display indices ``ref_indices`` key the frame's motion."""
+    display indices ``ref_indices`` key the frame's motion; ``motion_offset``: a B
+    frame's derived motion (``direct.derived_motion``)."""
     from .direct import motion_fields
     from .inter import combine
     from .reconstruct import reconstruct, synthesize, to_raw_image
@@ -59,9 +62,9 @@ def reconstruct_frame(bs, grids, refs: Sequence[np.ndarray], provider: str = "cp
                                         timings=timings), {})
     raw = synthesize(arch, bs.float_params(), latents, provider, threads, timings)
     t0 = time.perf_counter()
-    image = to_raw_image(combine(raw, arch.frame_type, refs, _chroma_step(arch.frame_data_type)),
+    image = to_raw_image(combine(raw, arch.frame_type, refs, _chroma_step(arch.frame_data_type), motion_offset),
                          arch.frame_data_type, arch.bitdepth)
-    motion = motion_fields(raw, arch.frame_type, ref_indices) if ref_indices else {}
+    motion = motion_fields(raw, arch.frame_type, ref_indices, motion_offset) if ref_indices else {}
     if timings is not None:
         timings["motion_compensation"] = time.perf_counter() - t0
     return DecodedFrame(image, motion)
@@ -96,6 +99,7 @@ def decode_video(
     whose sections, frame count or coding structure are unsound, and when a
     frame's section is corrupted (when that frame's turn comes).
     """
+    from .direct import derived_motion
     from .inter import dense_reference
     from .latent_codec import decode_latents
     from .sequence import index_sequence, index_sequence_file, read_direct_frame, read_sequence_frame
@@ -153,7 +157,10 @@ def decode_video(
                 frame = reconstruct_direct_frame(params, spec.display_index, spec.refs, refs, motion,
                                                  header.frame_data_type, header.bitdepth)
             else:
-                frame = reconstruct_frame(bs, grids, refs, provider, threads, t, spec.refs)
+                offset = None
+                if local.motion_source is not None:
+                    offset = derived_motion(motion, spec.display_index, spec.refs, local.motion_source)
+                frame = reconstruct_frame(bs, grids, refs, provider, threads, t, spec.refs, offset)
         except MemoryError:
             raise out_of_memory((header.height, header.width), max_memory, "sequence") from None
         for r in spec.refs:

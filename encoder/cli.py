@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--no-direct-b", dest="direct_b", action="store_false",
                      help="never send a B frame as a direct B frame (its blend weight alone, its motion "
                      "derived from a reference's), even where that costs less than its own Cool-chic")
+    vid.add_argument("--no-derived-motion", dest="derive_b_motion", action="store_false",
+                     help="train every B frame's motion on its own, never as a correction to the motion "
+                     "derived from a reference's")
 
     rd = p.add_argument_group("rate-distortion and effort")
     rd.add_argument("--lmbda", type=_positive_float, default=1e-3, metavar="L",
@@ -274,7 +277,8 @@ def _encode_video(args: argparse.Namespace, t_start: float) -> int:
             print(f"frame {k + 1}/{total} (display {s['display_index']}, {s['type']}, lambda {s['lmbda']:g}): "
                   f"{s['bytes']} bytes, PSNR {s['psnr_db']:.2f} dB, {s['seconds']:.1f} s"
                   f"{' (resumed)' if s['resumed'] else ''}"
-                  f"{' (direct: its Cool-chic took ' + str(s['coded_bytes']) + ' bytes)' if s['direct'] else ''}",
+                  f"{' (direct: its Cool-chic took ' + str(s['coded_bytes']) + ' bytes)' if s['direct'] else ''}"
+                  f"{' (derived motion)' if s['derived_motion'] else ''}",
                   file=sys.stderr, flush=True)
 
     def log_line(text: str) -> None:
@@ -285,7 +289,8 @@ def _encode_video(args: argparse.Namespace, t_start: float) -> int:
                        dec_cfg_inter=args.dec_cfg_inter, dec_cfg_b=args.dec_cfg_b, overrides=decoder_overrides(args),
                        n_itr=args.n_itr, device=args.device, threads=args.threads, workdir=args.workdir, seed=args.seed,
                        n_substreams=args.substreams, fps=frame_rate_from_name(args.input),
-                       motion_init=args.motion_init, direct_b=args.direct_b, log_fn=log_line,
+                       motion_init=args.motion_init, direct_b=args.direct_b,
+                       derive_b_motion=args.derive_b_motion, log_fn=log_line,
                        frame_callback=frame_done, progress_fn=progress if (bars or log_every) else None)
     atomic_write_bytes(args.output, res.bitstream)
     h, w = frames[0].height, frames[0].width

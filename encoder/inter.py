@@ -9,7 +9,7 @@ motion (through the interpolation weights) and in the references.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,21 +49,26 @@ class InterCodingModule(nn.Module):
         if frame_type not in ("P", "B"):
             raise ValueError(f"InterCodingModule is for P and B frames, not {frame_type!r}")
         self.frame_type = frame_type
+        # (1, 2 or 4, H, W) pixels added to the motion: a B frame's derived motion
+        # (decoder_runtime/direct.py), whose correction alone the Cool-chic codes; None: none.
+        self.motion_offset: Optional[Tensor] = None
 
     def split(self, raw_out: Tensor) -> Dict[str, Tensor]:
-        """The named channels of the synthesis output."""
+        """The named channels of the synthesis output, the motion in pixels."""
         n = raw_out.shape[1] - inter_channels(self.frame_type)
+        flows = self.flows(raw_out)
         parts = {"residue": raw_out[:, :n], "alpha": torch.clamp(raw_out[:, n:n + 1] + 0.5, 0, 1),
-                 "flow_0": raw_out[:, n + 1:n + 3] * MOTION_SCALE}
+                 "flow_0": flows[:, 0:2]}
         if self.frame_type == "B":
-            parts["flow_1"] = raw_out[:, n + 3:n + 5] * MOTION_SCALE
+            parts["flow_1"] = flows[:, 2:4]
             parts["beta"] = torch.clamp(raw_out[:, n + 5:n + 6] + 0.5, 0, 1)
         return parts
 
     def flows(self, raw_out: Tensor) -> Tensor:
-        """(1, 2 or 4, H, W): the motion fields in pixels."""
+        """(1, 2 or 4, H, W): the motion fields in pixels, ``16 m`` (``+ motion_offset``)."""
         n = raw_out.shape[1] - inter_channels(self.frame_type)
-        return (raw_out[:, n + 1:n + 3] if self.frame_type == "P" else raw_out[:, n + 1:n + 5]) * MOTION_SCALE
+        v = (raw_out[:, n + 1:n + 3] if self.frame_type == "P" else raw_out[:, n + 1:n + 5]) * MOTION_SCALE
+        return v if self.motion_offset is None else v + self.motion_offset
 
     def forward(self, raw_out: Tensor, references: Sequence[Tensor]) -> Tensor:
         parts = self.split(raw_out)

@@ -360,9 +360,10 @@ def warmup(
 
 # ---- full encoding with checkpoints -------------------------------------------
 def _fingerprint(frame: FrameData, param: CoolChicEncoderParameter, preset: EncoderPreset, lmbda: float,
-                 seed: int, n_substreams: int, frame_type: str = "I", references: Sequence[Tensor] = ()) -> str:
+                 seed: int, n_substreams: int, frame_type: str = "I", references: Sequence[Tensor] = (),
+                 motion_offset: Optional[Tensor] = None) -> str:
     h = hashlib.sha256()
-    for p in tuple(frame.planes) + tuple(references):
+    for p in tuple(frame.planes) + tuple(references) + ((motion_offset,) if motion_offset is not None else ()):
         h.update(p.detach().cpu().numpy().tobytes())
     meta = {
         "param": param.to_dict(),
@@ -430,6 +431,7 @@ def encode_frame(
     log_fn: Optional[Callable[[str], None]] = None,
     references: Sequence[Tensor] = (),
     motion_guidance: Optional[Tuple[Tensor, float]] = None,
+    motion_offset: Optional[Tensor] = None,
 ) -> EncodeResult:
     """Overfit a FrameEncoder to ``frame`` (RawImage or FrameData).
 
@@ -447,6 +449,8 @@ def encode_frame(
     frames (dense, see ``FrameEncoder.set_references``); ``motion_guidance``
     (target motion, weight) pulls the warm-up candidates' motion towards an
     optical-flow estimate (``FrameEncoder.motion_guidance``), then is dropped.
+    ``motion_offset`` (1, 4, H, W): a B frame's derived motion in pixels, to which its
+    Cool-chic's motion adds (``InterCodingModule.motion_offset``).
     """
     if not lmbda > 0:
         raise ConfigError(f"lambda must be positive, got {lmbda}")
@@ -467,6 +471,8 @@ def encode_frame(
     # The bands cut the synthesis, not yet the motion compensation: inter frames train whole.
     tile_plan = plan_tiles(arch, max_memory) if frame_type == "I" else None
     references = tuple(r.to(device) for r in references)
+    if motion_offset is not None:
+        motion_offset = motion_offset.to(device)
 
     def prepare(fe: FrameEncoder) -> FrameEncoder:
         fe.coolchic_encoder.set_n_substreams(n_substreams)
@@ -474,6 +480,7 @@ def encode_frame(
         fe.to_device(device)
         if frame_type != "I":
             fe.set_references(references)
+            fe.inter_coding_module.motion_offset = motion_offset
         return fe
 
     def make_candidate(i: int) -> FrameEncoder:
@@ -485,7 +492,7 @@ def encode_frame(
             fe.motion_guidance = (motion_guidance[0].to(device), float(motion_guidance[1]))
         return fe
 
-    fingerprint = _fingerprint(frame, param, preset, lmbda, seed, n_substreams, frame_type, references)
+    fingerprint = _fingerprint(frame, param, preset, lmbda, seed, n_substreams, frame_type, references, motion_offset)
     ckpt_path = os.path.join(workdir, CHECKPOINT_NAME) if workdir else None
     fe: Optional[FrameEncoder] = None
     first_stage, iterations_before, seconds_before, log = 0, 0, 0.0, []

@@ -36,10 +36,19 @@ frame references changes by its own cost at that lambda alone (the frame's
 own ``1.5^d lambda``, which weighs its bytes more, went direct more often
 and lost at high rates: docs/video.md, "Direct B frames").
 
+Where such a derivation exists, the B frame's Cool-chic is also trained as a
+*correction* to the derived motion (a B frame with derived motion, its motion
+``16 m + o``), starting from that motion instead of the optical flow: a frame
+no other frame references trains only that one, a frame that others
+reference trains both (either won on some frames), and the cheapest of the
+coded frames and the direct frame is kept (``derive_b_motion``).
+
 With ``workdir``, each finished frame's section is kept
-(``frame_NNN.section``, with a fingerprint of everything that produced it):
-an interrupted encode resumes at the first unfinished frame, which itself
-resumes from its own checkpoint (``frame_NNN/``).
+(``frame_NNN.section``, ``frame_NNN_derived.section`` for one with derived
+motion, each with a fingerprint of everything that produced it): an
+interrupted encode resumes at the first unfinished frame, which itself
+resumes from its own checkpoint (``frame_NNN.<fingerprint>/``, so that a
+frame whose references changed since starts over).
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ from coolchic.decoder_runtime.direct import (
     SOURCE_PAST,
     DirectParams,
     MotionFields,
+    derived_motion,
 )
 from coolchic.decoder_runtime.errors import BitstreamError, ConfigError, EncodeError, ImageIOError
 from coolchic.decoder_runtime.frame import RawImage
@@ -275,6 +285,7 @@ def encode_video(
     fps: Optional[Tuple[int, int]] = None,
     motion_init: bool = True,
     direct_b: bool = True,
+    derive_b_motion: bool = True,
     log_fn: Optional[Callable[[str], None]] = None,
     frame_callback: Optional[Callable[[int, int, Dict[str, Any]], None]] = None,
     progress_fn: Optional[Callable[[int], Tuple[Any, Any]]] = None,
@@ -295,6 +306,9 @@ def encode_video(
     may be sent as a direct B frame (its blend weight alone, :func:`best_direct_frame`)
     when that costs less than its trained Cool-chic by the training loss at ``lmbda``
     (:func:`frame_cost`); the Cool-chic is trained either way.
+    ``derive_b_motion``: where a B frame's motion can be derived, its Cool-chic codes only
+    the correction to it (a frame that other frames reference also trains one of its own,
+    and the cheaper is kept).
     ``frame_callback(k, n, summary)`` after each frame (k-th in decoding order);
     ``progress_fn(total_iterations)`` -> (bar or None, training callback) for each frame.
     Raises ConfigError for bad options, EncodeError if a frame does not decode
@@ -345,47 +359,64 @@ def encode_video(
         lam = frame_lambda(lmbda, spec)
         fpreset = frame_preset(base_preset, spec)
         param = decoder_config_to_param(frame_cfg[spec.display_index], overrides, (h, w))
-        guided = motion_init and motion_guided(spec)
-        meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,
-                "n_frames": n, "guided": guided, "version": __version__}
-        fp = _fingerprint(target, refs, spec, meta)
-        name = f"frame_{spec.display_index:03d}"
-        section_path = os.path.join(workdir, name + ".section") if workdir else None
-        section = None
-        resumed = False
-        if section_path and os.path.exists(section_path) and os.path.exists(section_path + ".json"):
-            with open(section_path + ".json") as f:
-                if json.load(f).get("fingerprint") == fp:
-                    with open(section_path, "rb") as g:
-                        section = g.read()
-                    resumed = True
-        sizes = {}
-        if section is None:
-            section, own, sizes = _encode_one(target, refs, spec, param, fpreset, lam, device, threads, seed, n_sub, n,
-                                       os.path.join(workdir, name) if workdir else None, guided, log_fn,
-                                       progress_fn)
-        else:
-            own = None
-        frame = _decode_section(section, seq_header, spec, refs)
+        found = best_direct_frame(target, spec, refs, motion) if spec.frame_type == "B" else None
+
+        def coded(source: Optional[int]) -> Dict[str, Any]:
+            """The frame's own Cool-chic (with its motion derived from ``source``'s, unless None):
+            trained, or resumed from ``workdir``, then decoded by the runtime."""
+            offset = None if source is None else derived_motion(motion, spec.display_index, spec.refs, source)
+            guided = motion_init and motion_guided(spec) and source is None
+            meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,
+                    "n_frames": n, "guided": guided, "version": __version__}
+            if source is not None:
+                meta.update(motion_source=source, offset=hashlib.sha256(offset.tobytes()).hexdigest())
+            fp = _fingerprint(target, refs, spec, meta)
+            name = f"frame_{spec.display_index:03d}" + ("" if source is None else "_derived")
+            section_path = os.path.join(workdir, name + ".section") if workdir else None
+            section, own, sizes, resumed = None, None, {}, False
+            if section_path and os.path.exists(section_path) and os.path.exists(section_path + ".json"):
+                with open(section_path + ".json") as f:
+                    if json.load(f).get("fingerprint") == fp:
+                        with open(section_path, "rb") as g:
+                            section = g.read()
+                        resumed = True
+            if section is None:
+                # The checkpoint directory is the fingerprint's: one left by other inputs (a reference
+                # that changed since) is not resumed.
+                ckpt = os.path.join(workdir, f"{name}.{fp[:16]}") if workdir else None
+                section, own, sizes = _encode_one(target, refs, spec, param, fpreset, lam, device, threads, seed,
+                                                  n_sub, n, ckpt, guided, log_fn, progress_fn, offset, source)
+            frame = _decode_section(section, seq_header, spec, refs, offset)
+            if own is not None:
+                diff = max(int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64))))
+                           for a, b in zip(own.planes, frame.image.planes))
+                if diff > 1:
+                    raise EncodeError(f"frame {spec.display_index}: the runtime decodes it {diff} code values away "
+                                      f"from the encoder's reconstruction")
+            if section_path and not resumed:
+                atomic_write_bytes(section_path, section)
+                atomic_write_bytes(section_path + ".json", json.dumps({"fingerprint": fp}).encode())
+            return {"section": section, "frame": frame, "sizes": sizes, "resumed": resumed, "source": source,
+                    "cost": frame_cost(target, frame.image, len(section), lmbda)}
+
+        # A B frame whose motion can be derived trains with it; one that later frames reference
+        # also trains on its own (measured: each wins on some frames), and the cheaper is kept.
+        candidates = []
+        if derive_b_motion and found is not None:
+            candidates.append(coded(found[0].source))
+        if not candidates or uses[spec.display_index] > 0:
+            candidates.append(coded(None))
+        best = min(candidates, key=lambda c: c["cost"])
+        section, frame, sizes, resumed = best["section"], best["frame"], best["sizes"], best["resumed"]
         image = frame.image
-        if own is not None:
-            diff = max(int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))) for a, b in zip(own.planes, image.planes))
-            if diff > 1:
-                raise EncodeError(f"frame {spec.display_index}: the runtime decodes it {diff} code values away "
-                                  f"from the encoder's reconstruction")
-        if section_path and not resumed:
-            atomic_write_bytes(section_path, section)
-            atomic_write_bytes(section_path + ".json", json.dumps({"fingerprint": fp}).encode())
         direct = None
-        if direct_b and spec.frame_type == "B":
-            found = best_direct_frame(target, spec, refs, motion)
-            if found is not None:
-                d_section = write_direct_frame(spec, found[0], n)
-                if frame_cost(target, found[1].image, len(d_section), lmbda) < frame_cost(target, image, len(section),
-                                                                                         lmbda):
-                    direct = {"coded_bytes": len(section), "coded_psnr_db": psnr_db(target, image),
-                              "blend": found[0].beta_k / DIRECT_BETA_STEPS, "source": SOURCE_NAMES[found[0].source]}
-                    section, frame, image, sizes = d_section, found[1], found[1].image, {}
+        if direct_b and found is not None:
+            d_section = write_direct_frame(spec, found[0], n)
+            if frame_cost(target, found[1].image, len(d_section), lmbda) < best["cost"]:
+                direct = {"coded_bytes": len(section), "coded_psnr_db": psnr_db(target, image),
+                          "blend": found[0].beta_k / DIRECT_BETA_STEPS, "source": SOURCE_NAMES[found[0].source]}
+                section, frame, image, sizes = d_section, found[1], found[1].image, {}
+        derived = direct is None and best["source"] is not None
         decoded[spec.display_index] = image
         for r in spec.refs:
             uses[r] -= 1
@@ -396,8 +427,8 @@ def encode_video(
         sections.append(section)
         s = {"display_index": spec.display_index, "type": spec.frame_type, "refs": list(spec.refs),
              "depth": spec.depth, "lmbda": lam, "bytes": len(section), "psnr_db": psnr_db(target, image),
-             "seconds": time.perf_counter() - t0, "resumed": resumed, "direct": direct is not None, **sizes,
-             **(direct or {})}
+             "seconds": time.perf_counter() - t0, "resumed": resumed, "direct": direct is not None,
+             "derived_motion": derived, **sizes, **(direct or {})}
         summaries.append(s)
         if frame_callback is not None:
             frame_callback(k, n, s)
@@ -406,7 +437,8 @@ def encode_video(
 
 
 def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n_sub, n_frames, workdir,
-                guided, log_fn, progress_fn) -> Tuple[bytes, RawImage, Dict[str, int]]:
+                guided, log_fn, progress_fn, motion_offset: Optional[np.ndarray] = None,
+                motion_source: Optional[int] = None) -> Tuple[bytes, RawImage, Dict[str, int]]:
     dense_refs = [torch.from_numpy(dense_reference(r.planes, r.bitdepth))[None] for r in refs]
     guidance = None
     if guided:
@@ -420,25 +452,30 @@ def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n
         result = encode_frame(target, param, preset, lam, workdir=workdir, resume=workdir is not None, device=device,
                               seed=seed + spec.display_index, callback=callback, num_threads=threads,
                               n_substreams=n_sub, frame_type=spec.frame_type, references=dense_refs,
-                              motion_guidance=guidance, log_fn=log_fn)
+                              motion_guidance=guidance, log_fn=log_fn,
+                              motion_offset=None if motion_offset is None else torch.from_numpy(motion_offset)[None])
     finally:
         if bar is not None:
             bar.close()
     fe = result.frame_encoder
     state = export_state(fe)
     written = write_sequence_frame(spec, state.arch, state.q_params, state.shifts, state.expgol, state.latents,
-                                   n_sub, n_frames)
+                                   n_sub, n_frames, motion_source=motion_source)
     sizes = {"latent_bytes": written.latent_bytes, "param_bytes": written.param_bytes}
     return written.data, hard_round_reconstruction(fe), sizes
 
 
-def _decode_section(section: bytes, header: SequenceHeader, spec: FrameSpec, refs: Sequence[RawImage]) -> DecodedFrame:
-    """The runtime's decoding of one frame section (``varint length`` + body), with its motion."""
+def _decode_section(section: bytes, header: SequenceHeader, spec: FrameSpec, refs: Sequence[RawImage],
+                    motion_offset: Optional[np.ndarray] = None) -> DecodedFrame:
+    """The runtime's decoding of one frame section (``varint length`` + body), with its motion
+    (``motion_offset``: its derived motion, for a B frame with derived motion)."""
     entry = dataclasses.replace(section_entry(section, header.n_frames), spec=spec)  # the depth is the encoder's, not in the file
+    if (entry.motion_source is None) != (motion_offset is None):
+        raise EncodeError(f"frame {spec.display_index}: its section and its derived motion disagree")
     bs = read_sequence_frame(section, header, entry)
     grids = decode_latents(bs, threads=1)
     dense = [dense_reference(x.planes, x.bitdepth) for x in refs]
-    return reconstruct_frame(bs, grids, dense, ref_indices=spec.refs)
+    return reconstruct_frame(bs, grids, dense, ref_indices=spec.refs, motion_offset=motion_offset)
 
 
 def frame_cost(target: RawImage, image: RawImage, n_bytes: int, lmbda: float) -> float:

@@ -21,6 +21,7 @@ from coolchic.decoder_runtime.coding_structure import FrameSpec
 from coolchic.decoder_runtime.direct import DirectParams
 from coolchic.decoder_runtime.errors import BitstreamError, EncodeError
 from coolchic.decoder_runtime.sequence import (
+    DERIVED_MOTION_FRAME_TYPE,
     DIRECT_FRAME_TYPE,
     SequenceHeader,
     read_direct_frame,
@@ -44,12 +45,20 @@ def encode_sequence_header(height: int, width: int, frame_data_type: str, bitdep
     return bytes(out)
 
 
-def frame_prefix(spec: FrameSpec, direct: bool = False) -> bytes:
-    """The frame fields at the start of a section's body: display index, type, references."""
+def frame_prefix(spec: FrameSpec, direct: bool = False, motion_source: Optional[int] = None) -> bytes:
+    """The frame fields at the start of a section's body: display index, type, references
+    (then, for a B frame with derived motion, its motion source)."""
     out = bytearray(varint(spec.display_index))
-    out.append(DIRECT_FRAME_TYPE if direct else FRAME_TYPES.index(spec.frame_type))
+    if direct:
+        out.append(DIRECT_FRAME_TYPE)
+    elif motion_source is not None:
+        out.append(DERIVED_MOTION_FRAME_TYPE)
+    else:
+        out.append(FRAME_TYPES.index(spec.frame_type))
     for r in spec.refs:
         out += varint(r)
+    if motion_source is not None and not direct:
+        out.append(motion_source)
     return bytes(out)
 
 
@@ -73,11 +82,15 @@ def write_direct_frame(spec: FrameSpec, params: DirectParams, n_frames: int) -> 
 def write_sequence_frame(spec: FrameSpec, arch: DecoderArch, q_params: Mapping[str, np.ndarray],
                          shifts: Mapping[Tuple[str, str], int], expgol: Mapping[Tuple[str, str], int],
                          latents: Sequence[np.ndarray], n_substreams: int, n_frames: int,
-                         verify: bool = True) -> WrittenBitstream:
-    """The section of one frame (``varint length`` + body); ``data`` is the whole section."""
+                         verify: bool = True, motion_source: Optional[int] = None) -> WrittenBitstream:
+    """The section of one frame (``varint length`` + body); ``data`` is the whole section.
+    ``motion_source``: a B frame with derived motion (``decoder_runtime/direct.py``)."""
     if arch.frame_type != spec.frame_type:
         raise EncodeError(f"frame {spec.display_index} is {spec.frame_type} but its decoder is {arch.frame_type}")
-    body = encode_frame_body(arch, q_params, shifts, expgol, latents, n_substreams, frame_prefix(spec))
+    if motion_source is not None and spec.frame_type != "B":
+        raise EncodeError(f"frame {spec.display_index} is {spec.frame_type}: only a B frame may derive its motion")
+    body = encode_frame_body(arch, q_params, shifts, expgol, latents, n_substreams,
+                             frame_prefix(spec, motion_source=motion_source))
     head = varint(len(body.data))
     section = head + body.data
     if verify:
@@ -85,8 +98,8 @@ def write_sequence_frame(spec: FrameSpec, arch: DecoderArch, q_params: Mapping[s
         header = SequenceHeader(h, w, arch.frame_data_type, arch.bitdepth, n_frames, None, 0)
         try:
             entry = section_entry(section, n_frames)
-            if (entry.spec.display_index, entry.spec.frame_type, entry.spec.refs) != (
-                    spec.display_index, spec.frame_type, spec.refs):
+            if (entry.spec.display_index, entry.spec.frame_type, entry.spec.refs, entry.motion_source) != (
+                    spec.display_index, spec.frame_type, spec.refs, motion_source):
                 raise BitstreamError("its frame fields read back differently")
             bs = read_sequence_frame(section, header, entry)
         except BitstreamError as e:

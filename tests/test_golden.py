@@ -107,14 +107,16 @@ SEQUENCE_SHA256 = {
     1: ("e2c818b3406ca0e3169353bcdcca886235386c512ec9b6131ce12144706b41cb",
         "93cc209965eb0e7452eef5112b3ca5f5dfc6bc409682ebec02710faa1515df2c"),
 }
-# Version 5: the same three frames with frame 2 moved to 4 (and so on), then two direct
-# B frames, one from each motion source: frame 3 from frame 2's motion towards 4 (past
+# Version 5: the same three frames with frame 2 moved to 4 (and so on), frame 2 a B frame
+# with its motion derived from frame 4's towards 0 (future source), then two direct B
+# frames, one from each motion source: frame 3 from frame 2's motion towards 4 (past
 # source), frame 1 from frame 2's motion towards 0 (future source).
 SEQUENCE_STRUCTURE_V5 = ((0, "I", ()), (4, "P", (0,)), (2, "B", (0, 4)), (3, "B", (2, 4)), (1, "B", (0, 2)))
 DIRECT_V5 = {3: (5, 1), 1: (2, 0)}  # display index: (blend k of 8, motion source)
+DERIVED_V5 = {2: 0}  # display index: motion source
 
 
-def _golden_sections(structure, n_frames, direct=None):
+def _golden_sections(structure, n_frames, direct=None, derived=None):
     from coolchic.decoder_runtime.coding_structure import FrameSpec
     from coolchic.decoder_runtime.direct import DirectParams
     from coolchic.export.sequence_writer import write_direct_frame, write_sequence_frame
@@ -131,17 +133,18 @@ def _golden_sections(structure, n_frames, direct=None):
                          spatial_context_arm=8, n_hidden_layers_arm=1)
         q, shifts, expgol, latents = random_int_model(arch, seed=20 + k, amp=60, shift=6,
                                                       latent_scale=(3.0, 6.0, 9.0))
-        sections.append(write_sequence_frame(spec, arch, q, shifts, expgol, latents, 2, n_frames).data)
+        sections.append(write_sequence_frame(spec, arch, q, shifts, expgol, latents, 2, n_frames,
+                                             motion_source=(derived or {}).get(display)).data)
     return sections
 
 
-def golden_sequence(structure=SEQUENCE_STRUCTURE_V5, direct=DIRECT_V5):
+def golden_sequence(structure=SEQUENCE_STRUCTURE_V5, direct=DIRECT_V5, derived=DERIVED_V5):
     """16x32 yuv420 frames from random integer models (the first three: 6 KB), and direct B frames."""
     from coolchic.export.sequence_writer import assemble_sequence, encode_sequence_header
 
     n = len(structure)
     return assemble_sequence(encode_sequence_header(16, 32, "yuv420", 8, n, (25, 1)),
-                             _golden_sections(structure, n, direct))
+                             _golden_sections(structure, n, direct, derived))
 
 
 def _sequence_hashes(data):
@@ -155,6 +158,8 @@ def _sequence_hashes(data):
         if e.direct is None:
             bs = read_sequence_frame(data, header, e)
             got[e.spec.display_index] = (_hash(decode_latents(bs)), _hash(bs.q_params[k] for k in sorted(bs.q_params)))
+            if e.motion_source is not None:
+                got[e.spec.display_index] += (e.motion_source,)
         else:
             got[e.spec.display_index] = (e.direct.beta_k, e.direct.source)
     return tuple((e.spec.display_index, e.spec.frame_type, e.spec.refs) for e in entries), got
@@ -169,11 +174,11 @@ def test_earlier_golden_sequences_decode_to_pinned_latents(path):
 
 
 def test_golden_sequence_decodes_to_pinned_latents_and_direct_frames():
-    """Version 5: its three coded frames are version 4's (the same random models), and
-    its direct B frames hold what they were written with."""
+    """Version 5: its three coded frames are version 4's (the same random models), one of
+    them with derived motion, and its direct B frames hold what they were written with."""
     structure, got = _sequence_hashes(GOLDEN_SEQUENCE.read_bytes())
     assert structure == SEQUENCE_STRUCTURE_V5
-    assert got == {0: SEQUENCE_SHA256[0], 4: SEQUENCE_SHA256[2], 2: SEQUENCE_SHA256[1], **DIRECT_V5}
+    assert got == {0: SEQUENCE_SHA256[0], 4: SEQUENCE_SHA256[2], 2: SEQUENCE_SHA256[1] + (DERIVED_V5[2],), **DIRECT_V5}
     frames = list(decode_video(GOLDEN_SEQUENCE.read_bytes()))
     assert [f.image.height for f in frames] == [16] * 5
 
@@ -183,18 +188,21 @@ def test_encoder_reproduces_golden_sequence_bytes():
 
 
 def test_version_5_without_direct_frames_is_version_4_relabelled():
-    """Version 5 changed one thing: frame type 3. A sequence without direct B frames writes
-    version 4's bytes but for the version byte (and so the header's CRC)."""
-    data = golden_sequence(SEQUENCE_STRUCTURE, None)
+    """Version 5 added frame types 3 and 4. A sequence with neither writes version 4's bytes
+    but for the version byte (and so the header's CRC)."""
+    data = golden_sequence(SEQUENCE_STRUCTURE, None, None)
     assert data[2] == 5 and _as_version_header(data, 4) == GOLDEN_SEQUENCE_V4.read_bytes()
 
 
-def test_version_4_refuses_a_direct_frame():
+def test_version_4_refuses_the_frame_types_of_version_5():
     from coolchic.decoder_runtime.errors import BitstreamError
     from coolchic.decoder_runtime.sequence import index_sequence
 
-    with pytest.raises(BitstreamError, match=r"invalid frame type 3 \(format version 4\)"):
+    with pytest.raises(BitstreamError, match=r"invalid frame type 4 \(format version 4\)"):
         index_sequence(_as_version_header(GOLDEN_SEQUENCE.read_bytes(), 4))
+    direct_only = golden_sequence(derived=None)
+    with pytest.raises(BitstreamError, match=r"invalid frame type 3 \(format version 4\)"):
+        index_sequence(_as_version_header(direct_only, 4))
 
 
 def _as_version_header(data: bytes, version: int) -> bytes:

@@ -5,6 +5,7 @@ the CLIs."""
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,10 @@ def test_warp_twins_agree_bit_for_bit():
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("frame_type", ["P", "B"])
-def test_combine_twins_agree_bit_for_bit(frame_type):
-    """The runtime's one-pass numba kernel and the encoder's InterCodingModule, motion past the borders included."""
+@pytest.mark.parametrize("frame_type,offset", [("P", False), ("B", False), ("B", True)])
+def test_combine_twins_agree_bit_for_bit(frame_type, offset):
+    """The runtime's one-pass numba kernel and the encoder's InterCodingModule, motion past
+    the borders included, with a derived motion added (B frames with derived motion) or not."""
     from coolchic.encoder.inter import InterCodingModule
 
     g = torch.Generator().manual_seed(5)
@@ -60,9 +62,17 @@ def test_combine_twins_agree_bit_for_bit(frame_type):
     raw = torch.randn(1, 3 + 3 * n_refs, 21, 27, generator=g) * 0.7
     raw[:, 4:4 + 2 * n_refs] *= 2  # up to a few dozen pixels of motion
     refs = [torch.rand(1, 3, 21, 27, generator=g) for _ in range(n_refs)]
-    want = InterCodingModule(frame_type)(raw, refs)[0].numpy()
-    got = inter.combine(raw[0].numpy(), frame_type, [r[0].numpy() for r in refs])
+    module = InterCodingModule(frame_type)
+    off = None
+    if offset:
+        off = torch.randn(1, 2 * n_refs, 21, 27, generator=g) * 5
+        module.motion_offset = off
+    want = module(raw, refs)[0].numpy()
+    got = inter.combine(raw[0].numpy(), frame_type, [r[0].numpy() for r in refs],
+                        motion_offset=None if off is None else off[0].numpy())
     assert np.array_equal(got, want)
+    if offset:  # the offset moves the prediction
+        assert not np.array_equal(got, inter.combine(raw[0].numpy(), frame_type, [r[0].numpy() for r in refs]))
 
 
 @pytest.mark.parametrize("frame_type", ["P", "B"])
@@ -217,8 +227,9 @@ def direct_seq(tmp_path_factory):
 
 def test_b_frames_go_direct_where_that_costs_less(direct_seq):
     """The depth-2 frames B1 and B3 become direct B frames (11 bytes each), one from each
-    motion source, and the torch-free decoder reads the very frames the encoder chose;
-    without direct B frames the same trained Cool-chics are sent."""
+    motion source, B2 a B frame with its motion derived from P4's, and the torch-free
+    decoder reads the very frames the encoder chose; without direct B frames the same
+    trained Cool-chics are sent."""
     from coolchic.encoder.video import encode_video
 
     frames, res, kw = direct_seq
@@ -227,11 +238,24 @@ def test_b_frames_go_direct_where_that_costs_less(direct_seq):
     assert (by[1]["source"], by[3]["source"]) == ("future", "past") and by[1]["bytes"] == by[3]["bytes"] == 11
     header, entries = index_sequence(res.bitstream)
     assert [e.direct is not None for e in entries] == [False, False, False, True, True]
+    assert [e.motion_source for e in entries] == [None, None, 0, None, None] and by[2]["derived_motion"]
     for dec, enc in zip(decode_video(res.bitstream), res.decoded):
         assert all(np.array_equal(a, b) for a, b in zip(dec.image.planes, enc.planes))
     coded = encode_video(frames, (0,), (4,), direct_b=False, **kw)  # every frame resumed from the workdir
     assert [s["resumed"] for s in coded.frames] == [True] * 5 and not any(s["direct"] for s in coded.frames)
     assert [s["bytes"] for s in coded.frames][3:] == [by[1]["coded_bytes"], by[3]["coded_bytes"]]
+
+
+def test_b_frames_with_their_own_motion_only(direct_seq, tmp_path):
+    """``derive_b_motion=False``: no section of type 4; B2 is the Cool-chic trained on its own."""
+    from coolchic.encoder.video import encode_video
+
+    frames, res, kw = direct_seq
+    plain = encode_video(frames, (0,), (4,), derive_b_motion=False, **kw)
+    assert [s["resumed"] for s in plain.frames][:3] == [True, True, True]  # B2's own Cool-chic was trained too
+    assert all(e.motion_source is None for e in index_sequence(plain.bitstream)[1])
+    for dec, enc in zip(decode_video(plain.bitstream), plain.decoded):
+        assert all(np.array_equal(a, b) for a, b in zip(dec.image.planes, enc.planes))
 
 
 def test_bad_direct_frames_get_clear_errors(direct_seq):
@@ -250,10 +274,15 @@ def test_bad_direct_frames_get_clear_errors(direct_seq):
     # A blend weight past 8, the CRC made right: the section's fields are refused.
     body = bytearray(data[b3.start:b3.end - 4])
     body[-2] = 9
-    import zlib
-
     bad = data[:b3.start] + bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "little")
     with pytest.raises(BitstreamError, match="invalid direct B frame fields"):
+        list(decode_video(bad))
+    # B2's motion derived from its past reference's (source 1), I0, which carries none.
+    b2 = entries[2]
+    body = bytearray(data[b2.start:b2.end - 4])
+    body[b2.header_start - b2.start - 1] = 1
+    bad = data[:b2.start] + bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "little") + data[b2.end:]
+    with pytest.raises(BitstreamError, match="motion of frame 0 towards frame 4, which frame 0 does not carry"):
         list(decode_video(bad))
     # A flipped field byte: the CRC names the frame when its turn comes.
     bad = bytearray(data)
@@ -282,8 +311,6 @@ def test_mutated_direct_sequences_never_escape_bitstream_error(direct_seq):
 def test_sequence_header_layout():
     got = encode_sequence_header(128, 224, "yuv420", 10, 3, (60, 1))
     body = bytes([0x43, 0x63, 5, 127, 0xDF, 0x01, 0x12, 3, 60, 1])
-    import zlib
-
     assert got == body + zlib.crc32(body).to_bytes(4, "little")
 
 
@@ -325,6 +352,22 @@ def test_resumed_sequence_reuses_finished_frames(ipb):
                          threads=1, workdir=work / "wd")
     assert [s["resumed"] for s in again.frames] == [True, True, True]
     assert again.bitstream == res.bitstream
+
+
+def test_a_workdir_of_other_inputs_is_trained_again_not_refused(ipb, tmp_path):
+    """Frames whose inputs changed (here the lambda; in a sequence, a reference the encoder
+    coded otherwise) start over: their earlier checkpoints belong to other fingerprints."""
+    import shutil
+
+    from coolchic.encoder.video import encode_video
+
+    frames, res, work, cfg = ipb
+    shutil.copytree(work / "wd", tmp_path / "wd")
+    again = encode_video(frames, (0,), (2,), lmbda=2e-3, preset=str(cfg), dec_cfg="vlop", overrides=SMALL,
+                         threads=1, workdir=tmp_path / "wd")
+    assert [s["resumed"] for s in again.frames] == [False, False, False]
+    for dec, enc in zip(decode_video(again.bitstream), again.decoded):
+        assert all(np.array_equal(a, b) for a, b in zip(dec.image.planes, enc.planes))
 
 
 def test_b_frames_get_their_own_decoder_configuration(tmp_path):
