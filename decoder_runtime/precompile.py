@@ -8,8 +8,8 @@ runs each kernel once, on a tiny made-up grid, with the very argument types a
 decode passes, so that numba compiles it and writes it to the kernel cache
 (:mod:`decoder_runtime.jit`): the stripe decoder on the int32 and on the
 int64 ARM (the int64 one a decode compiles only for a stripe that needs it),
-the parameter-section reader of large architectures and the motion
-compensation of P and B frames.
+the parameter-section reader of large architectures, the motion
+compensation of P and B frames and the warp of a motion field (direct B frames).
 
 The wheel build runs it (``_build/coolchic_build.py``): the cache files land
 in the package's ``__pycache__`` and install with it, so a first decode after
@@ -30,7 +30,7 @@ from .arch import DecoderArch, SynthesisLayer, modules_to_send, param_layout
 from .arm_int import build_int_arm, ifce_forward
 from .errors import CoolChicError
 from .expgolomb import MAX_ABS_VALUE, PY_READER_MAX_VALUES, _read_fields, module_kinds
-from .inter import _combine_kernel, combine
+from .inter import _combine_kernel, _warp_kernel, combine, warp
 from .latent_codec import _decode_stripes, decode_latent_grids
 
 
@@ -71,8 +71,10 @@ def precompile() -> List[Tuple[str, str]]:
                  np.empty(n, dtype=np.int32), np.zeros((1, 2), dtype=np.int64), np.zeros(3, dtype=np.int64))
     # Motion compensation: one specialization serves P and B frames.
     combine(np.zeros((6, 2, 2), np.float32), "P", [np.zeros((3, 2, 2), np.float32)])
+    # A direct B frame's (and a B frame with derived motion's) field read on its source.
+    warp(np.zeros((2, 2, 2), np.float32), np.zeros((2, 2, 2), np.float32))
     compiled = []
-    for kernel in (_decode_stripes, ifce_forward, _read_fields, _combine_kernel):
+    for kernel in (_decode_stripes, ifce_forward, _read_fields, _combine_kernel, _warp_kernel):
         path = getattr(kernel, "stats", None) and kernel.stats.cache_path
         compiled.append((kernel.py_func.__qualname__, path or "(not cached)"))
     return compiled

@@ -212,7 +212,8 @@ def test_precompiled_kernels_serve_the_first_decode(tmp_path):
     shipped = site / "coolchic" / "decoder_runtime" / "__pycache__"
     assert built["cache_path"] == str(shipped) and built["misses"] == 2, built  # the int32 and int64 ARM
     kernels = sorted(p.name.split("-")[0] for p in shipped.glob("*.nbc"))
-    assert kernels == (["arm_int.arm_forward"] * 2 + ["arm_int.ifce_forward", "expgolomb._read_fields", "inter._combine_kernel"]
+    assert kernels == (["arm_int.arm_forward"] * 2 + ["arm_int.ifce_forward", "expgolomb._read_fields", "inter._combine_kernel",
+                       "inter._warp_kernel"]
                        + ["latent_codec._decode_stripes"] * 2)
     files = {p: p.stat().st_mtime_ns for p in shipped.iterdir()}
     first = _run_child(site, "image", env)

@@ -68,9 +68,10 @@ def test_wheel_holds_only_the_coolchic_namespace(tmp_path):
     whl = next(tmp_path.glob("coolchic-*.whl"))
     # The decoder's kernels, compiled by the build (_build/coolchic_build.py):
     # the stripe decoder and the ARM it calls for both integer widths, the parameter reader,
-    # the motion compensation of P and B frames.
+    # the motion compensation of P and B frames, the warp of a motion field (direct B frames).
     shipped = sorted(n[len(KERNELS):].split("-")[0] for n in names if n.startswith(KERNELS) and n.endswith(".nbc"))
-    assert shipped == (["arm_int.arm_forward"] * 2 + ["arm_int.ifce_forward", "expgolomb._read_fields", "inter._combine_kernel"]
+    assert shipped == (["arm_int.arm_forward"] * 2 + ["arm_int.ifce_forward", "expgolomb._read_fields", "inter._combine_kernel",
+                       "inter._warp_kernel"]
                        + ["latent_codec._decode_stripes"] * 2)
     # Without them on request, even though build/lib still holds the previous build's.
     plain = _build_wheel(tmp_path / "plain", COOLCHIC_PRECOMPILE="0")
