@@ -347,6 +347,8 @@ def encode_video(
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
 
+    run = _SequenceRun(seq_header, lmbda, n_sub, seed, device, threads, motion_init,
+                       Path(workdir) if workdir is not None else None, log_fn, progress_fn)
     decoded: Dict[int, RawImage] = {}
     motion: Dict[int, Dict[int, np.ndarray]] = {}  # kept while a later frame references the frame
     uses = Counter(r for spec in structure for r in spec.refs)
@@ -360,52 +362,14 @@ def encode_video(
         fpreset = frame_preset(base_preset, spec)
         param = decoder_config_to_param(frame_cfg[spec.display_index], overrides, (h, w))
         found = best_direct_frame(target, spec, refs, motion) if spec.frame_type == "B" else None
-
-        def coded(source: Optional[int]) -> Dict[str, Any]:
-            """The frame's own Cool-chic (with its motion derived from ``source``'s, unless None):
-            trained, or resumed from ``workdir``, then decoded by the runtime."""
-            offset = None if source is None else derived_motion(motion, spec.display_index, spec.refs, source)
-            guided = motion_init and motion_guided(spec) and source is None
-            meta = {"lmbda": lam, "preset": repr(fpreset), "param": param.to_dict(), "seed": seed, "n_sub": n_sub,
-                    "n_frames": n, "guided": guided, "version": __version__}
-            if source is not None:
-                meta.update(motion_source=source, offset=hashlib.sha256(offset.tobytes()).hexdigest())
-            fp = _fingerprint(target, refs, spec, meta)
-            name = f"frame_{spec.display_index:03d}" + ("" if source is None else "_derived")
-            section_path = os.path.join(workdir, name + ".section") if workdir else None
-            section, own, sizes, resumed = None, None, {}, False
-            if section_path and os.path.exists(section_path) and os.path.exists(section_path + ".json"):
-                with open(section_path + ".json") as f:
-                    if json.load(f).get("fingerprint") == fp:
-                        with open(section_path, "rb") as g:
-                            section = g.read()
-                        resumed = True
-            if section is None:
-                # The checkpoint directory is the fingerprint's: one left by other inputs (a reference
-                # that changed since) is not resumed.
-                ckpt = os.path.join(workdir, f"{name}.{fp[:16]}") if workdir else None
-                section, own, sizes = _encode_one(target, refs, spec, param, fpreset, lam, device, threads, seed,
-                                                  n_sub, n, ckpt, guided, log_fn, progress_fn, offset, source)
-            frame = _decode_section(section, seq_header, spec, refs, offset)
-            if own is not None:
-                diff = max(int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64))))
-                           for a, b in zip(own.planes, frame.image.planes))
-                if diff > 1:
-                    raise EncodeError(f"frame {spec.display_index}: the runtime decodes it {diff} code values away "
-                                      f"from the encoder's reconstruction")
-            if section_path and not resumed:
-                atomic_write_bytes(section_path, section)
-                atomic_write_bytes(section_path + ".json", json.dumps({"fingerprint": fp}).encode())
-            return {"section": section, "frame": frame, "sizes": sizes, "resumed": resumed, "source": source,
-                    "cost": frame_cost(target, frame.image, len(section), lmbda)}
-
         # A B frame whose motion can be derived trains with it; one that later frames reference
         # also trains on its own (measured: each wins on some frames), and the cheaper is kept.
+        job = _FrameJob(spec, target, tuple(refs), lam, fpreset, param)
         candidates = []
         if derive_b_motion and found is not None:
-            candidates.append(coded(found[0].source))
+            candidates.append(_coded_frame(run, job, motion, found[0].source))
         if not candidates or uses[spec.display_index] > 0:
-            candidates.append(coded(None))
+            candidates.append(_coded_frame(run, job, motion, None))
         best = min(candidates, key=lambda c: c["cost"])
         section, frame, sizes, resumed = best["section"], best["frame"], best["sizes"], best["resumed"]
         image = frame.image
@@ -434,6 +398,77 @@ def encode_video(
             frame_callback(k, n, s)
     data = assemble_sequence(encode_sequence_header(h, w, first.frame_data_type, first.bitdepth, n, fps), sections)
     return EncodedVideo(data, tuple(decoded[i] for i in range(n)), structure, tuple(summaries))
+
+
+@dataclass(frozen=True)
+class _SequenceRun:
+    """What every frame of one ``encode_video`` call shares."""
+
+    header: SequenceHeader
+    lmbda: float  # the sequence's: the one that compares a frame's candidates (frame_cost)
+    n_sub: int
+    seed: int
+    device: str
+    threads: Optional[int]
+    motion_init: bool
+    workdir: Optional[Path]
+    log_fn: Optional[Callable[[str], None]]
+    progress_fn: Optional[Callable[[int], Tuple[Any, Any]]]
+
+
+@dataclass(frozen=True)
+class _FrameJob:
+    """One frame to code: its spec, pixels, decoded references and training choices."""
+
+    spec: FrameSpec
+    target: RawImage
+    refs: Tuple[RawImage, ...]
+    lmbda: float  # the frame's (frame_lambda)
+    preset: EncoderPreset
+    param: Any  # CoolChicEncoderParameter
+
+
+def _coded_frame(run: _SequenceRun, job: _FrameJob, motion: MotionFields, source: Optional[int]) -> Dict[str, Any]:
+    """The frame's own Cool-chic, its motion derived from reference ``source``'s unless None:
+    resumed from the workdir when its fingerprint matches, else trained; then decoded by the
+    runtime and checked against the encoder's reconstruction. Returns the section, the
+    decoded frame, its sizes, whether it was resumed, ``source`` and its cost (frame_cost)."""
+    spec = job.spec
+    offset = None if source is None else derived_motion(motion, spec.display_index, spec.refs, source)
+    guided = run.motion_init and motion_guided(spec) and source is None
+    meta = {"lmbda": job.lmbda, "preset": repr(job.preset), "param": job.param.to_dict(), "seed": run.seed,
+            "n_sub": run.n_sub, "n_frames": run.header.n_frames, "guided": guided, "version": __version__}
+    if source is not None:
+        meta.update(motion_source=source, offset=hashlib.sha256(offset.tobytes()).hexdigest())
+    fp = _fingerprint(job.target, job.refs, spec, meta)
+    name = f"frame_{spec.display_index:03d}" + ("" if source is None else "_derived")
+    section_path = os.path.join(run.workdir, name + ".section") if run.workdir else None
+    section, own, sizes, resumed = None, None, {}, False
+    if section_path and os.path.exists(section_path) and os.path.exists(section_path + ".json"):
+        with open(section_path + ".json") as f:
+            if json.load(f).get("fingerprint") == fp:
+                with open(section_path, "rb") as g:
+                    section = g.read()
+                resumed = True
+    if section is None:
+        # The checkpoint directory is the fingerprint's: one left by other inputs (a reference
+        # that changed since) is not resumed.
+        ckpt = os.path.join(run.workdir, f"{name}.{fp[:16]}") if run.workdir else None
+        section, own, sizes = _encode_one(job.target, job.refs, spec, job.param, job.preset, job.lmbda, run.device,
+                                          run.threads, run.seed, run.n_sub, run.header.n_frames, ckpt, guided,
+                                          run.log_fn, run.progress_fn, offset, source)
+    frame = _decode_section(section, run.header, spec, job.refs, offset)
+    if own is not None:
+        diff = max(int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64))))
+                   for a, b in zip(own.planes, frame.image.planes))
+        if diff > 1:
+            raise EncodeError(f"frame {spec.display_index}: the runtime decodes it {diff} code values away "
+                              f"from the encoder's reconstruction")
+    if section_path and not resumed:
+        atomic_write_bytes(section_path, section)
+        atomic_write_bytes(section_path + ".json", json.dumps({"fingerprint": fp}).encode())
+    return {"section": section, "frame": frame, "sizes": sizes, "resumed": resumed, "source": source,
+            "cost": frame_cost(job.target, frame.image, len(section), run.lmbda)}
 
 
 def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n_sub, n_frames, workdir,
