@@ -155,7 +155,11 @@ def _file_rate_lines(path: str, sequence: bool) -> List[str]:
             src = e.spec.refs[1] if e.direct.source == SOURCE_FUTURE else e.spec.refs[0]
             return (f"frame {e.spec.display_index} (B, direct, {e.end - e.start} bytes): blend "
                     f"{e.direct.beta_k}/{DIRECT_BETA_STEPS}, motion of frame {src}")
-        return (f"frame {e.spec.display_index} ({e.spec.frame_type}, {e.end - e.start} bytes): "
+        derived = ""
+        if e.motion_source is not None:
+            src = e.spec.refs[1] if e.motion_source == SOURCE_FUTURE else e.spec.refs[0]
+            derived = f", motion derived from frame {src}"
+        return (f"frame {e.spec.display_index} ({e.spec.frame_type}{derived}, {e.end - e.start} bytes): "
                 + rate_line(read_sequence_frame(data, header, e), e.end - e.start))
 
     return [line(e) for e in entries]

@@ -301,6 +301,7 @@ def test_cli_reports_direct_frames(direct_seq, tmp_path, capsys):
     out = capsys.readouterr().out
     k = res.frames[3]["blend"] * 8
     assert f"frame 1 (B, direct, 10 bytes): blend {k:g}/8, motion of frame 2" in out
+    assert f"frame 2 (B, motion derived from frame 4, {res.frames[2]['bytes'] - 2} bytes): rate (bytes)" in out
 
 
 def test_mutated_direct_sequences_never_escape_bitstream_error(direct_seq):
