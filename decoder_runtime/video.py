@@ -75,12 +75,21 @@ def reconstruct_direct_frame(params, display_index: int, ref_indices: Sequence[i
     """A direct B frame (``direct.DirectParams``) from its dense references and the motion
     of the decoded frames (display index -> reference -> field); BitstreamError when its
     source carries no motion towards its other reference."""
-    from .direct import direct_motion, direct_prediction, source_field
-    from .reconstruct import to_raw_image
+    from .direct import direct_motion, source_field
 
     field = source_field(motion, display_index, ref_indices, params.source)
     v0, v1 = direct_motion(display_index, ref_indices, params.source, field)
-    dense = direct_prediction(refs, v0, v1, params.beta_k, _chroma_step(frame_data_type))
+    return blend_direct_frame(v0, v1, params.beta_k, ref_indices, refs, frame_data_type, bitdepth)
+
+
+def blend_direct_frame(v0: np.ndarray, v1: np.ndarray, beta_k: int, ref_indices: Sequence[int],
+                       refs: Sequence[np.ndarray], frame_data_type: str, bitdepth: int) -> DecodedFrame:
+    """The direct B frame of derived motion ``v0``, ``v1`` and blend ``beta_k / 8``: the second
+    half of :func:`reconstruct_direct_frame`, which an encoder trying every blend runs alone."""
+    from .direct import direct_prediction
+    from .reconstruct import to_raw_image
+
+    dense = direct_prediction(refs, v0, v1, beta_k, _chroma_step(frame_data_type))
     return DecodedFrame(to_raw_image(dense, frame_data_type, bitdepth), {ref_indices[0]: v0, ref_indices[1]: v1})
 
 

@@ -78,13 +78,15 @@ from coolchic.decoder_runtime.direct import (
     DirectParams,
     MotionFields,
     derived_motion,
+    direct_motion,
+    source_field,
 )
 from coolchic.decoder_runtime.errors import BitstreamError, ConfigError, EncodeError, ImageIOError
 from coolchic.decoder_runtime.frame import RawImage
 from coolchic.decoder_runtime.inter import dense_reference
 from coolchic.decoder_runtime.latent_codec import decode_latents
 from coolchic.decoder_runtime.sequence import SequenceHeader, read_sequence_frame, section_entry
-from coolchic.decoder_runtime.video import DecodedFrame, reconstruct_direct_frame, reconstruct_frame
+from coolchic.decoder_runtime.video import DecodedFrame, blend_direct_frame, reconstruct_frame
 from coolchic.export.sequence_writer import (
     assemble_sequence,
     encode_sequence_header,
@@ -361,7 +363,9 @@ def encode_video(
         lam = frame_lambda(lmbda, spec)
         fpreset = frame_preset(base_preset, spec)
         param = decoder_config_to_param(frame_cfg[spec.display_index], overrides, (h, w))
-        found = best_direct_frame(target, spec, refs, motion) if spec.frame_type == "B" else None
+        found = None
+        if spec.frame_type == "B" and (direct_b or derive_b_motion):
+            found = best_direct_frame(target, spec, refs, motion)
         # A B frame whose motion can be derived trains with it; one that later frames reference
         # also trains on its own (measured: each wins on some frames), and the cheaper is kept.
         job = _FrameJob(spec, target, tuple(refs), lam, fpreset, param)
@@ -527,14 +531,14 @@ def best_direct_frame(target: RawImage, spec: FrameSpec, refs: Sequence[RawImage
     dense = [dense_reference(x.planes, x.bitdepth) for x in refs]
     best = None
     for source in (SOURCE_FUTURE, SOURCE_PAST):
+        try:
+            field = source_field(motion, spec.display_index, spec.refs, source)
+        except BitstreamError:  # this source has no motion towards the other reference
+            continue
+        v0, v1 = direct_motion(spec.display_index, spec.refs, source, field)  # once for every blend
         for k in range(DIRECT_BETA_STEPS + 1):
-            params = DirectParams(k, source)
-            try:
-                frame = reconstruct_direct_frame(params, spec.display_index, spec.refs, dense, motion,
-                                                 target.frame_data_type, target.bitdepth)
-            except BitstreamError:  # this source has no motion towards the other reference
-                break
+            frame = blend_direct_frame(v0, v1, k, spec.refs, dense, target.frame_data_type, target.bitdepth)
             cost = frame_cost(target, frame.image, 0, 0.0)
             if best is None or cost < best[0]:
-                best = (cost, params, frame)
+                best = (cost, DirectParams(k, source), frame)
     return None if best is None else best[1:]
