@@ -343,8 +343,9 @@ def check_crc(data: bytes, start: int, end: int, what: str) -> None:
 
 
 def read_frame_body(r: _Reader, version: int, max_pixels: Optional[int], max_memory: Optional[int],
-                    inter: bool = False) -> Bitstream:
-    """Header, parameters and substreams from ``r.pos`` to ``r.end`` (the CRC already checked)."""
+                    inter: bool = False, held: int = 0) -> Bitstream:
+    """Header, parameters and substreams from ``r.pos`` to ``r.end`` (the CRC already checked);
+    ``held``: bytes a sequence decoder keeps beside this frame (:func:`budget.check_memory`)."""
     start = r.pos
     header = _read_header(r, version, max_pixels, inter)
     arch, n_sub = header.arch, header.n_substreams
@@ -354,7 +355,7 @@ def read_frame_body(r: _Reader, version: int, max_pixels: Optional[int], max_mem
         raise BitstreamError(
             f"the bitstream is {n_bytes} bytes, more than one with this header can hold ({limit} bytes)"
         )
-    check_memory(arch, n_bytes, max_memory, n_sub)
+    check_memory(arch, n_bytes, max_memory, n_sub, held)
 
     n_param = r.varint("parameter section length", 0, r.end - r.pos)
     section = r.take(n_param, "the parameter section")

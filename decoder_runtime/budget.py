@@ -283,16 +283,45 @@ def estimate_memory(arch: DecoderArch, n_bytes: int = 0, stripe_rows: Optional[i
     return MemoryEstimate(total, stream, params, lat_stage, graph_stage, n_params, n_latents, widest, pix)
 
 
-def check_memory(arch: DecoderArch, n_bytes: int, max_memory: Optional[int], n_substreams: int = 1) -> MemoryEstimate:
-    """:func:`estimate_memory`, refused with :class:`ResourceLimitError` above ``max_memory`` (None: no limit)."""
+def check_memory(arch: DecoderArch, n_bytes: int, max_memory: Optional[int], n_substreams: int = 1,
+                 held: int = 0) -> MemoryEstimate:
+    """:func:`estimate_memory`, refused with :class:`ResourceLimitError` above ``max_memory`` (None: no limit).
+
+    ``held``: bytes the caller already holds and keeps through this decode (what
+    ``video.decode_video`` keeps of earlier frames), counted against the same limit."""
     est = estimate_memory(arch, n_bytes, n_substreams=n_substreams)
-    if max_memory is not None and est.total > max_memory:
+    if max_memory is not None and est.total + held > max_memory:
         raise ResourceLimitError(
-            f"decoding this {arch.img_size[0]}x{arch.img_size[1]} bitstream needs {est.describe()}, above the "
-            f"memory limit of {format_bytes(max_memory)} (raise it with decode(..., max_memory=...) or "
-            f"coolchic-decode --max-memory, e.g. --max-memory {_suggest(est.total)})"
+            f"decoding this {arch.img_size[0]}x{arch.img_size[1]} bitstream needs {est.describe()}"
+            f"{_held_clause(held)}, above the memory limit of {format_bytes(max_memory)} (raise it with "
+            f"decode(..., max_memory=...) or coolchic-decode --max-memory, e.g. --max-memory "
+            f"{_suggest(est.total + held)})"
         )
     return est
+
+
+def _held_clause(held: int) -> str:
+    return f", and {format_bytes(held)} more for the frames a sequence decoder keeps and this frame's motion" \
+        if held else ""
+
+
+# float32 planes per pixel of a P or B frame's motion towards each of its references, which
+# the sequence decoder keeps for later direct B frames and B frames with derived motion
+# (decoder_runtime/video.py; a dense reference adds one plane per output plane).
+MOTION_F32_PLANES_PER_REF = 2
+# float32 planes per pixel of a B frame's derived motion (decoder_runtime/direct.py: v0 and v1),
+# held through that frame's decode.
+DERIVED_MOTION_F32_PLANES = 4
+
+
+def inter_frame_extra_bytes(height: int, width: int, n_planes: int, n_refs: int, n_new_dense: int,
+                            derived: bool) -> int:
+    """Bytes a P or B frame's decode allocates beyond its graph's estimate: the dense copies of
+    ``n_new_dense`` references not yet held, its motion towards its ``n_refs`` references, and a
+    derived motion offset."""
+    planes = n_planes * n_new_dense + MOTION_F32_PLANES_PER_REF * n_refs
+    planes += DERIVED_MOTION_F32_PLANES if derived else 0
+    return F32 * height * width * planes
 
 
 # float32 planes a direct B frame holds per pixel at its peak (decoder_runtime/direct.py):
@@ -301,14 +330,16 @@ def check_memory(arch: DecoderArch, n_bytes: int, max_memory: Optional[int], n_s
 DIRECT_FRAME_F32_PLANES = 10
 
 
-def check_direct_frame_memory(height: int, width: int, n_planes: int, max_memory: Optional[int]) -> int:
-    """The bytes one direct B frame's decode holds, refused above ``max_memory`` (None: no limit)."""
+def check_direct_frame_memory(height: int, width: int, n_planes: int, max_memory: Optional[int],
+                              held: int = 0) -> int:
+    """The bytes one direct B frame's decode holds, refused above ``max_memory`` (None: no limit)
+    with the ``held`` bytes of the frames the sequence decoder keeps (:func:`check_memory`)."""
     n = height * width * F32 * (DIRECT_FRAME_F32_PLANES + 3 * n_planes)
-    if max_memory is not None and n > max_memory:
+    if max_memory is not None and n + held > max_memory:
         raise ResourceLimitError(
-            f"decoding a {height}x{width} direct B frame needs about {format_bytes(n)}, above the memory limit "
-            f"of {format_bytes(max_memory)} (raise it with decode_video(..., max_memory=...) or coolchic-decode "
-            f"--max-memory, e.g. --max-memory {_suggest(n)})"
+            f"decoding a {height}x{width} direct B frame needs about {format_bytes(n)}{_held_clause(held)}, "
+            f"above the memory limit of {format_bytes(max_memory)} (raise it with decode_video(..., "
+            f"max_memory=...) or coolchic-decode --max-memory, e.g. --max-memory {_suggest(n + held)})"
         )
     return n
 

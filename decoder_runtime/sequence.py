@@ -248,8 +248,10 @@ def read_direct_frame(data: bytes, entry: FrameEntry) -> DirectParams:
 
 
 def read_sequence_frame(data: bytes, header: SequenceHeader, entry: FrameEntry,
-                        max_memory: Optional[int] = None) -> Bitstream:
-    """Parse and check one frame section; its image header must agree with the sequence's."""
+                        max_memory: Optional[int] = None, held: int = 0) -> Bitstream:
+    """Parse and check one frame section; its image header must agree with the sequence's.
+    ``max_memory`` bounds the frame's decode together with the ``held`` bytes the decoder keeps
+    of earlier frames."""
     k = f"frame {entry.spec.display_index}"
     if entry.direct is not None:
         raise BitstreamError(f"{k} is a direct B frame: it holds no image (read_direct_frame)")
@@ -257,7 +259,7 @@ def read_sequence_frame(data: bytes, header: SequenceHeader, entry: FrameEntry,
     r = _Reader(data, entry.end - 4)
     r.pos = entry.header_start
     try:
-        bs = read_frame_body(r, header.version, None, max_memory, inter=True)
+        bs = read_frame_body(r, header.version, None, max_memory, inter=True, held=held)
     except ResourceLimitError:
         raise
     except BitstreamError as e:

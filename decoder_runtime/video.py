@@ -27,7 +27,7 @@ import numpy as np
 
 from .api import DecodedImage, Source, decode_options, open_bitstream, out_of_memory
 from .arch import n_output_channels, synthesis_latents
-from .budget import DEFAULT_MAX_MEMORY, check_direct_frame_memory
+from .budget import DEFAULT_MAX_MEMORY, check_direct_frame_memory, inter_frame_extra_bytes
 from .errors import BitstreamError
 from .frame import RawImage
 
@@ -93,6 +93,14 @@ def blend_direct_frame(v0: np.ndarray, v1: np.ndarray, beta_k: int, ref_indices:
     return DecodedFrame(to_raw_image(dense, frame_data_type, bitdepth), {ref_indices[0]: v0, ref_indices[1]: v1})
 
 
+def _held_bytes(done: Dict[int, RawImage], dense: Dict[int, np.ndarray],
+                motion: Dict[int, Dict[int, np.ndarray]]) -> int:
+    """Bytes of the frames, dense references and motion fields a sequence decoder keeps."""
+    n = sum(p.nbytes for image in done.values() for p in image.planes)
+    n += sum(a.nbytes for a in dense.values())
+    return n + sum(f.nbytes for fields in motion.values() for f in fields.values())
+
+
 def decode_video(
     source: Source,
     provider: str = "cpu",
@@ -103,9 +111,11 @@ def decode_video(
 ) -> Iterator[DecodedImage]:
     """Yield the frames of a sequence file (path or bytes) in display order.
 
-    Options as :func:`decoder_runtime.decode`; ``max_memory`` applies to each
-    frame. Raises :class:`BitstreamError` (before the first frame) for a file
-    whose sections, frame count or coding structure are unsound, and when a
+    Options as :func:`decoder_runtime.decode`; ``max_memory`` bounds each
+    frame's decode together with what the decoder keeps of earlier frames
+    (references, frames that wait for their turn in display order, motion).
+    Raises :class:`BitstreamError` (before the first frame) for a file whose
+    sections, frame count or coding structure are unsound, and when a
     frame's section is corrupted (when that frame's turn comes).
     """
     from .direct import derived_motion
@@ -149,10 +159,18 @@ def decode_video(
         spec = entry.spec
         blob, local = section(entry)
         params = read_direct_frame(blob, local) if local.direct is not None else None
+        # What this frame's decode allocates is checked with what the decoder keeps of earlier
+        # frames, so that a structure holding many frames is refused before it grows.
+        n_planes = n_output_channels(header.frame_data_type)
+        held = _held_bytes(done, dense, motion)
+        n_new_dense = sum(1 for r in spec.refs if r not in dense)
         if params is not None:
-            check_direct_frame_memory(header.height, header.width, n_output_channels(header.frame_data_type),
-                                      max_memory)
-        bs = read_sequence_frame(blob, header, local, max_memory) if params is None else None
+            held += inter_frame_extra_bytes(header.height, header.width, n_planes, 0, n_new_dense, False)
+            check_direct_frame_memory(header.height, header.width, n_planes, max_memory, held)
+        else:
+            held += inter_frame_extra_bytes(header.height, header.width, n_planes, len(spec.refs), n_new_dense,
+                                            local.motion_source is not None)
+        bs = read_sequence_frame(blob, header, local, max_memory, held) if params is None else None
         t1 = time.perf_counter()
         try:
             grids = decode_latents(bs, threads=threads) if bs is not None else None

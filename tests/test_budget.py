@@ -321,3 +321,28 @@ def test_direct_b_frame_memory_by_hand():
     assert check_direct_frame_memory(272, 640, 1, 272 * 640 * 4 * 13) == 272 * 640 * 4 * 13
     with pytest.raises(ResourceLimitError, match=r"272x640 direct B frame needs about 12\.6 MiB.*--max-memory 1G"):
         check_direct_frame_memory(272, 640, 3, 10 << 20)
+
+
+def test_frames_a_sequence_keeps_count_against_the_limit():
+    """A sequence whose frames come in reverse display order makes the decoder keep every
+    frame until the last: each frame's decode is checked with the frames already kept, so the
+    file is refused at the frame that would pass the limit, not after it has grown."""
+    from coolchic.decoder_runtime.coding_structure import FrameSpec
+    from coolchic.export.sequence_writer import assemble_sequence, encode_sequence_header, write_sequence_frame
+
+    arch = make_arch((96, 128), latent_resolution=(2, 4))
+    q, shifts, expgol, latents = random_int_model(arch, seed=5, amp=6, shift=6)
+    n = 5
+    sections = [write_sequence_frame(FrameSpec(d, "I", (), 0), arch, q, shifts, expgol, latents, 1, n).data
+                for d in reversed(range(n))]
+    data = assemble_sequence(encode_sequence_header(96, 128, "rgb", 8, n, None), sections)
+    image = write_bitstream(arch, q, shifts, expgol, latents, 1).data
+    decode_one = estimate_memory(arch, len(image)).total
+    kept = sum(p.nbytes for p in decoder_runtime.decode(image).image.planes)  # one decoded frame
+    assert kept == 96 * 128 * 3  # 8-bit planes
+    frames = list(decoder_runtime.decode_video(data, max_memory=decode_one + (n - 1) * kept))
+    assert [f.image.planes[0].shape for f in frames] == [(96, 128)] * n
+    # One byte less: the last frame, decoded beside the n - 1 frames kept, is refused.
+    with pytest.raises(ResourceLimitError, match=r"needs about .*, and 144\.0 KiB more for the frames a sequence "
+                                                 r"decoder keeps and this frame's motion, above the memory limit"):
+        next(decoder_runtime.decode_video(data, max_memory=decode_one + (n - 1) * kept - 1))
