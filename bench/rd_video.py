@@ -38,7 +38,9 @@ x265, x264 and coolchic all-intra. Coolchic points are appended to
 options (an interrupted run goes on); ``--workdir DIR`` keeps each video
 point's frame sections in ``DIR/lmbda_<lambda>`` (``encode_video``'s resume
 directory), so that an interrupted point, or a variant that changes only
-later frames, does not train its finished frames again. Writes ``<out>``
+later frames, does not train its finished frames again (its encode time then
+adds the training time the workdir recorded for them: nan for a workdir
+written before that record). Writes ``<out>``
 (TSV: codec, param, bytes, bpp, psnr_yuv) and ``<out>.png`` (matplotlib). Last line:
 ``bd_rate_vs_x265=<value> %``, or ``x265_points=<n>`` when coolchic video is
 skipped.
@@ -118,7 +120,7 @@ def encode_coolchic(codec, frames, lmbda, args, p_pos, threads):
     from coolchic.decoder_runtime.frame import RawImage
 
     raws = [RawImage(tuple(f), "yuv420", 8) for f in frames]
-    t0 = time.perf_counter()
+    t0, recorded = time.perf_counter(), 0.0
     if codec == "coolchic":
         from coolchic.encoder.video import encode_video
 
@@ -134,6 +136,9 @@ def encode_coolchic(codec, frames, lmbda, args, p_pos, threads):
                                   if s['direct'] else ""), flush=True))
         n_bytes = len(res.bitstream)
         decoded = [tuple(r.planes) for r in res.decoded]
+        # A point resumed from --workdir: add its frames' training time as the workdir recorded it.
+        resumed = [f["resumed_seconds"] for f in res.frames]
+        recorded = float("nan") if None in resumed else sum(resumed)
     else:
         from coolchic.encoder.api import encode_image
 
@@ -142,7 +147,7 @@ def encode_coolchic(codec, frames, lmbda, args, p_pos, threads):
             res = encode_image(raw, lmbda=lmbda, preset=args.preset, dec_cfg=args.dec_cfg, threads=threads)
             n_bytes += len(res.bitstream)
             decoded.append(tuple(res.decoded.planes))
-    return _point(codec, lmbda, n_bytes, frames, decoded, time.perf_counter() - t0, args.psnr_mode)
+    return _point(codec, lmbda, n_bytes, frames, decoded, time.perf_counter() - t0 + recorded, args.psnr_mode)
 
 
 def run_coolchic(codecs, frames, lmbdas, args, p_pos):

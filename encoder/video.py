@@ -134,8 +134,10 @@ class EncodedVideo:
     decoded: Tuple[RawImage, ...]  # display order, as the runtime decodes the bitstream
     structure: Tuple[FrameSpec, ...]  # decoding order
     # Per frame, decoding order: type, bytes (and, unless resumed or direct, latent_bytes and
-    # param_bytes), PSNR, lambda, seconds, direct (and for a direct B frame its blend, its motion
-    # source, and the bytes and PSNR of the Cool-chic it replaced).
+    # param_bytes), PSNR, lambda, seconds (this call's), resumed_seconds (the recorded training
+    # time of the Cool-chics it resumed from the workdir; None if unrecorded), direct (and for a
+    # direct B frame its blend, its motion source, and the bytes and PSNR of the Cool-chic it
+    # replaced).
     frames: Tuple[Dict[str, Any], ...]
 
 
@@ -395,7 +397,8 @@ def encode_video(
         sections.append(section)
         s = {"display_index": spec.display_index, "type": spec.frame_type, "refs": list(spec.refs),
              "depth": spec.depth, "lmbda": lam, "bytes": len(section), "psnr_db": psnr_db(target, image),
-             "seconds": time.perf_counter() - t0, "resumed": resumed, "direct": direct is not None,
+             "seconds": time.perf_counter() - t0, "resumed_seconds": _resumed_seconds(candidates),
+             "resumed": resumed, "direct": direct is not None,
              "derived_motion": derived, **sizes, **(direct or {})}
         summaries.append(s)
         if frame_callback is not None:
@@ -447,20 +450,23 @@ def _coded_frame(run: _SequenceRun, job: _FrameJob, motion: MotionFields, source
     fp = _fingerprint(job.target, job.refs, spec, meta)
     name = f"frame_{spec.display_index:03d}" + ("" if source is None else "_derived")
     section_path = os.path.join(run.workdir, name + ".section") if run.workdir else None
-    section, own, sizes, resumed = None, None, {}, False
+    section, own, sizes, resumed, seconds = None, None, {}, False, None
     if section_path and os.path.exists(section_path) and os.path.exists(section_path + ".json"):
         with open(section_path + ".json") as f:
-            if json.load(f).get("fingerprint") == fp:
-                with open(section_path, "rb") as g:
-                    section = g.read()
-                resumed = True
+            record = json.load(f)
+        if record.get("fingerprint") == fp:
+            with open(section_path, "rb") as g:
+                section = g.read()
+            resumed, seconds = True, record.get("seconds")
     if section is None:
+        t0 = time.perf_counter()
         # The checkpoint directory is the fingerprint's: one left by other inputs (a reference
         # that changed since) is not resumed.
         ckpt = os.path.join(run.workdir, f"{name}.{fp[:16]}") if run.workdir else None
         section, own, sizes = _encode_one(job.target, job.refs, spec, job.param, job.preset, job.lmbda, run.device,
                                           run.threads, run.seed, run.n_sub, run.header.n_frames, ckpt, guided,
                                           run.log_fn, run.progress_fn, offset, source)
+        seconds = time.perf_counter() - t0
     frame = _decode_section(section, run.header, spec, job.refs, offset)
     if own is not None:
         diff = max(int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64))))
@@ -470,9 +476,16 @@ def _coded_frame(run: _SequenceRun, job: _FrameJob, motion: MotionFields, source
                               f"from the encoder's reconstruction")
     if section_path and not resumed:
         atomic_write_bytes(section_path, section)
-        atomic_write_bytes(section_path + ".json", json.dumps({"fingerprint": fp}).encode())
+        atomic_write_bytes(section_path + ".json", json.dumps({"fingerprint": fp, "seconds": seconds}).encode())
     return {"section": section, "frame": frame, "sizes": sizes, "resumed": resumed, "source": source,
-            "cost": frame_cost(job.target, frame.image, len(section), run.lmbda)}
+            "train_seconds": seconds, "cost": frame_cost(job.target, frame.image, len(section), run.lmbda)}
+
+
+def _resumed_seconds(candidates: Sequence[Dict[str, Any]]) -> Optional[float]:
+    """The training time, as their workdir recorded it, of a frame's Cool-chics that this call
+    resumed rather than trained; None where a workdir of an older version did not record it."""
+    times = [c["train_seconds"] for c in candidates if c["resumed"]]
+    return None if any(t is None for t in times) else float(sum(times))
 
 
 def _encode_one(target, refs, spec, param, preset, lam, device, threads, seed, n_sub, n_frames, workdir,

@@ -353,6 +353,14 @@ def test_resumed_sequence_reuses_finished_frames(ipb):
                          threads=1, workdir=work / "wd")
     assert [s["resumed"] for s in again.frames] == [True, True, True]
     assert again.bitstream == res.bitstream
+    # The training time each frame took is recorded with it and reported when it is resumed.
+    import json
+
+    assert [s["resumed_seconds"] for s in res.frames] == [0.0, 0.0, 0.0]
+    names = {0: "frame_000", 2: "frame_002", 1: "frame_001_derived" if again.frames[2]["derived_motion"] else "frame_001"}
+    for s in again.frames:
+        recorded = json.loads((work / "wd" / f"{names[s['display_index']]}.section.json").read_text())["seconds"]
+        assert s["resumed_seconds"] == recorded > 0
 
 
 def test_a_workdir_of_other_inputs_is_trained_again_not_refused(ipb, tmp_path):
