@@ -78,7 +78,7 @@ def frame_size(args) -> tuple:
 
 def _run_key(args, p_pos, lmbda) -> str:
     from coolchic.decoder_runtime.coding_structure import coding_structure
-    from coolchic.encoder.video import inter_decoder_config
+    from coolchic.encoder.video import derived_decoder_config, inter_decoder_config
 
     # The configurations as resolved at this lambda, so that a default that picks them by
     # distance or lambda keys the same run as naming them.
@@ -88,10 +88,14 @@ def _run_key(args, p_pos, lmbda) -> str:
         return ",".join(sorted({inter_decoder_config(s, lmbda, args.dec_cfg_inter, args.dec_cfg_b)
                                 for s in specs if s.frame_type == frame_type}))
 
+    derived = ""
+    if args.derive_b_motion:
+        # Points recorded before inter_b_derived trained derived motion with the B frames' decoder.
+        name = derived_decoder_config(lmbda, args.dec_cfg_b)
+        derived = "|derived" + ("" if name in names("B").split(",") else f":{name}")
     # Points recorded before direct B frames existed keep their key: they are --no-direct-b's.
     return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{names('P')}|"
-            f"{names('B')}|p{','.join(map(str, p_pos))}{'|direct' if args.direct_b else ''}"
-            f"{'|derived' if args.derive_b_motion else ''}")
+            f"{names('B')}|p{','.join(map(str, p_pos))}{'|direct' if args.direct_b else ''}{derived}")
 
 
 def _same_run(recorded: str, key: str, codec: str) -> bool:

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--dec-cfg-b", "--dec_cfg_b", default=None, metavar="NAME",
                      help="decoder configuration of the B frames (default inter_b: latents from 1/8 of the "
                      "resolution down, small networks, as a B frame is mostly predicted; inter_b_fine, from 1/4, "
-                     "at --lmbda 0.0005 and below)")
+                     "at --lmbda 0.0005 and below; a B frame with derived motion: inter_b_derived, inter_b's "
+                     "latents with a one-layer ARM and a linear synthesis, above --lmbda 0.0005)")
     vid.add_argument("--no-motion-init", dest="motion_init", action="store_false",
                      help="start every frame's motion from zero instead of an optical-flow estimate "
                      "(OpenCV DIS), which B frames and the P frames right after their reference use")

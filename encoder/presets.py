@@ -20,7 +20,7 @@ from .coolchic import CoolChicEncoderParameter
 from .train import EncoderPreset, TrainerPhase, WarmupPhase
 
 DECODER_CONFIGS = ("vlop", "lop", "mop", "hop", "vhop")
-INTER_DECODER_CONFIGS = ("inter", "inter_b", "inter_b_fine")  # P and B frames, B frames (encoder/video.py)
+INTER_DECODER_CONFIGS = ("inter", "inter_b", "inter_b_fine", "inter_b_derived")  # P and B frames (encoder/video.py)
 ENCODER_PRESETS = ("debug", "fast", "medium", "slow")
 
 

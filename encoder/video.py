@@ -228,6 +228,18 @@ def b_decoder_config(lmbda: float) -> str:
     return "inter_b_fine" if lmbda <= B_FINE_MAX_LAMBDA else "inter_b"
 
 
+def derived_decoder_config(lmbda: float, dec_cfg_b: Optional[str] = None) -> str:
+    """The decoder configuration of the Cool-chic with derived motion of a B frame that no
+    other frame references: ``dec_cfg_b`` when given, else ``inter_b_derived`` (an ARM without
+    hidden layer and a linear synthesis: the derived motion carries most of the frame), except
+    at a sequence lambda up to ``B_FINE_MAX_LAMBDA``, where :func:`b_decoder_config`'s finer
+    latents pay for larger networks. A frame that others reference keeps its own
+    configuration for both its Cool-chics."""
+    if dec_cfg_b is not None:
+        return dec_cfg_b
+    return b_decoder_config(lmbda) if lmbda <= B_FINE_MAX_LAMBDA else "inter_b_derived"
+
+
 def inter_decoder_config(spec: FrameSpec, lmbda: float, dec_cfg_inter: Optional[str] = None,
                          dec_cfg_b: Optional[str] = None) -> str:
     """The decoder configuration (name or path) of a P or B frame at sequence lambda ``lmbda``.
@@ -311,8 +323,9 @@ def encode_video(
     when that costs less than its trained Cool-chic by the training loss at ``lmbda``
     (:func:`frame_cost`); the Cool-chic is trained either way.
     ``derive_b_motion``: where a B frame's motion can be derived, its Cool-chic codes only
-    the correction to it (a frame that other frames reference also trains one of its own,
-    and the cheaper is kept).
+    the correction to it, with :func:`derived_decoder_config`'s decoder in a frame that no
+    other frame references (a frame that others reference also trains one of its own
+    motion, and the cheaper is kept).
     ``frame_callback(k, n, summary)`` after each frame (k-th in decoding order);
     ``progress_fn(total_iterations)`` -> (bar or None, training callback) for each frame.
     Raises ConfigError for bad options, EncodeError if a frame does not decode
@@ -336,15 +349,17 @@ def encode_video(
     cfg_intra = load_decoder_config(dec_cfg)
     # Every frame's configuration, read (and checked) before the first frame trains.
     cfg_by_name: Dict[str, Dict[str, Any]] = {}
-    frame_cfg: Dict[int, Dict[str, Any]] = {}
-    for spec in structure:
-        if spec.frame_type == "I":
-            frame_cfg[spec.display_index] = cfg_intra
-            continue
-        name = inter_decoder_config(spec, lmbda, dec_cfg_inter, dec_cfg_b)
+
+    def config(name: str) -> Dict[str, Any]:
         if name not in cfg_by_name:
             cfg_by_name[name] = load_decoder_config(name)
-        frame_cfg[spec.display_index] = cfg_by_name[name]
+        return cfg_by_name[name]
+
+    frame_cfg: Dict[int, Dict[str, Any]] = {}
+    for spec in structure:
+        frame_cfg[spec.display_index] = cfg_intra if spec.frame_type == "I" else config(
+            inter_decoder_config(spec, lmbda, dec_cfg_inter, dec_cfg_b))
+    cfg_derived = config(derived_decoder_config(lmbda, dec_cfg_b)) if derive_b_motion else None
     n_sub = n_substreams or default_substreams(first.height)
     h, w = first.height, first.width
     seq_header = SequenceHeader(h, w, first.frame_data_type, first.bitdepth, n, fps, 0)
@@ -373,7 +388,16 @@ def encode_video(
         job = _FrameJob(spec, target, tuple(refs), lam, fpreset, param)
         candidates = []
         if derive_b_motion and found is not None:
-            candidates.append(_coded_frame(run, job, motion, found[0].source))
+            # The small decoder only where no frame references this one. Bikes clip, 9 frames,
+            # random access, quick.cfg, the same I and P frames (docs/video.md): on the four
+            # depth-3 frames the sequence gained about 2.5, 0.8 and 0.3 % of rate at lambda
+            # 0.004, 0.002 and 0.001; given to the depth 1-2 frames' derived candidates too,
+            # -0.3, -2.1 and +7 % (at 0.001 B4's small derived candidate lost to its own motion,
+            # 678 bytes at 40.20 dB, where inter_b's had taken 564 at 41.69).
+            derived_job = job
+            if uses[spec.display_index] == 0:
+                derived_job = dataclasses.replace(job, param=decoder_config_to_param(cfg_derived, overrides, (h, w)))
+            candidates.append(_coded_frame(run, derived_job, motion, found[0].source))
         if not candidates or uses[spec.display_index] > 0:
             candidates.append(_coded_frame(run, job, motion, None))
         best = min(candidates, key=lambda c: c["cost"])

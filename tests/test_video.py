@@ -406,6 +406,36 @@ def test_b_frames_get_their_own_decoder_configuration(tmp_path):
         default_b.spatial_context_arm, default_b.n_hidden_layers_arm, default_b.layers_synthesis)
 
 
+def test_b_frames_with_derived_motion_get_the_small_decoder(tmp_path):
+    """By default the Cool-chic with derived motion of a B frame that no frame references has
+    ``inter_b_derived``'s decoder (no hidden ARM layer, one linear synthesis layer); a B frame
+    that others reference, and any B frame's own-motion Cool-chic, keep ``inter_b``'s."""
+    from coolchic.decoder_runtime.sequence import read_sequence_frame
+    from coolchic.encoder.video import encode_video
+
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(TINY_CFG)
+
+    def archs(n, p, derive):
+        res = encode_video(_crop_frames(n, clip=CLIP5 if n == 5 else CLIP), (0,), (p,), lmbda=1e-3, preset=str(cfg),
+                           dec_cfg="vlop", threads=1, direct_b=False, derive_b_motion=derive)
+        header, entries = index_sequence(res.bitstream)
+        return {e.spec.display_index: (e.motion_source, read_sequence_frame(res.bitstream, header, e).arch)
+                for e in entries if e.spec.frame_type == "B"}
+
+    def form(arch):
+        return (arch.latent_resolution, arch.spatial_context_arm, arch.n_hidden_layers_arm,
+                [str(x) for x in arch.layers_synthesis])
+
+    small = ((3, 6), 8, 0, ["9-1-linear-none"])
+    inter_b = ((3, 6), 8, 1, ["8-1-linear-relu", "9-1-linear-none"])
+    five = archs(5, 4, True)  # I0 P4 B2 B1 B3: B2 is referenced, B1 and B3 are not
+    assert [five[d][0] is not None for d in (1, 3)] == [True, True]
+    assert (form(five[1][1]), form(five[3][1]), form(five[2][1])) == (small, small, inter_b)
+    three = archs(3, 2, False)  # I0 P2 B1, own motion only
+    assert three[1][0] is None and form(three[1][1]) == inter_b
+
+
 def test_frame_presets_and_lambdas_by_frame_type(tmp_path):
     """I frames keep the preset; a P frame trains one candidate whose warm-up is 0.3 of its
     main phase; a B frame trains 2.5 times the preset's main iterations at every depth, with
@@ -447,7 +477,7 @@ def test_inter_frames_decoders_by_distance_and_lambda():
     """A near P frame takes the B frames' decoder, a distant one ``inter``; the B frames'
     latents start at 1/4 of the resolution at low lambda, at 1/8 above."""
     from coolchic.decoder_runtime.coding_structure import FrameSpec, coding_structure
-    from coolchic.encoder.video import B_FINE_MAX_LAMBDA, inter_decoder_config
+    from coolchic.encoder.video import B_FINE_MAX_LAMBDA, derived_decoder_config, inter_decoder_config
 
     def names(structure, lmbda=0.002, inter=None, b=None):
         return [(s.display_index, inter_decoder_config(s, lmbda, inter, b)) for s in structure if s.frame_type != "I"]
@@ -467,6 +497,10 @@ def test_inter_frames_decoders_by_distance_and_lambda():
     assert names(random_access, inter="lop", b="inter_b", lmbda=1e-4) == [(4, "lop"), (2, "inter_b"),
                                                                           (1, "inter_b"), (3, "inter_b")]
     assert inter_decoder_config(FrameSpec(3, "P", (1,), 0), 0.002) == "inter"
+    # A B frame with derived motion: the small decoder above the fine lambdas, else the B frames'.
+    assert derived_decoder_config(0.004) == derived_decoder_config(0.0006) == "inter_b_derived"
+    assert derived_decoder_config(0.0005) == derived_decoder_config(1e-4) == "inter_b_fine"
+    assert derived_decoder_config(0.004, "mine.cfg") == derived_decoder_config(1e-4, "mine.cfg") == "mine.cfg"
 
 
 def _rewrite(data: bytes, n_frames=None, drop_last=False) -> bytes:
