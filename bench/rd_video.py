@@ -78,7 +78,7 @@ def frame_size(args) -> tuple:
 
 def _run_key(args, p_pos, lmbda) -> str:
     from coolchic.decoder_runtime.coding_structure import coding_structure
-    from coolchic.encoder.video import derived_decoder_config, inter_decoder_config
+    from coolchic.encoder.video import FAR_P_SEEDS, I_ITERATION_FACTOR, derived_decoder_config, inter_decoder_config
 
     # The configurations as resolved at this lambda, so that a default that picks them by
     # distance or lambda keys the same run as naming them.
@@ -95,7 +95,11 @@ def _run_key(args, p_pos, lmbda) -> str:
         derived = "|derived" + ("" if name in names("B").split(",") else f":{name}")
     # Points recorded before direct B frames existed keep their key: they are --no-direct-b's.
     return (f"{args.video.name}|{args.n_frames}|{args.preset}|{args.dec_cfg}|{names('P')}|"
-            f"{names('B')}|p{','.join(map(str, p_pos))}{'|direct' if args.direct_b else ''}{derived}")
+            f"{names('B')}|p{','.join(map(str, p_pos))}{'|direct' if args.direct_b else ''}{derived}"
+            # Points recorded before the intra frame trained longer in a sequence, and before far P
+            # frames trained from several seeds, have neither field.
+            f"{f'|i{I_ITERATION_FACTOR:g}' if I_ITERATION_FACTOR != 1 else ''}"
+            f"{f'|pseeds{FAR_P_SEEDS}' if FAR_P_SEEDS != 1 else ''}")
 
 
 def _same_run(recorded: str, key: str, codec: str) -> bool:

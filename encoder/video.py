@@ -12,7 +12,8 @@ most), and that decoded frame becomes the reference of the later frames.
 Per-frame choices: a B frame at hierarchy depth ``d`` uses lambda
 ``1.5^d * lmbda``, as the reference Cool-chic's random access does
 (:func:`frame_lambda`), and ``B_ITERATION_FACTOR`` times the preset's main
-iterations at every depth (:func:`frame_preset`); its decoder's latents start
+iterations at every depth (:func:`frame_preset`; an intra frame, which every
+later frame depends on, ``I_ITERATION_FACTOR`` times); its decoder's latents start
 at 1/8 of the resolution, at 1/4 for low lambdas (:func:`inter_decoder_config`,
 which also picks the P frames' by their distance). The motion starts from an
 optical-flow estimate (:func:`estimate_motion`: OpenCV's DIS when
@@ -107,6 +108,18 @@ B_LAMBDA_FACTOR = 1.5  # lambda of a B frame at depth d: 1.5^d * lambda (the ref
 # inter_b iteration costs about half an intra frame's: a B frame then takes about 1.3 times
 # the time of the intra frame (1400 iterations in 101-114 s against 650 in 77-86 s).
 B_ITERATION_FACTOR = 2.5
+# Main iterations of a sequence's intra frame, in units of the preset's: every later frame is
+# predicted from it. Bikes clip, frame 0, quick.cfg (400 main iterations), the frame's cost at
+# the sequence lambda (frame_cost): with 1000, 1151 bytes at 41.90 dB against 1201 at 41.39 at
+# lambda 0.002 (-6.9 % of cost), 969 at 41.24 against 1081 at 40.57 at 0.004 (-11.6 %), for
+# 153 s instead of about 85 s on one thread (docs/video.md).
+I_ITERATION_FACTOR = 2.5
+# Trainings of a P frame far from its reference (not near_p), each from its own seed, the
+# cheapest kept (frame_cost at the sequence lambda). Such a frame is unguided, and its
+# outcome depends on its seed: bikes clip, P8 from the same I0, lambda 0.004, quick.cfg,
+# 1211 bytes at 40.86 dB with one seed and 816 at 40.70 with another (docs/video.md).
+FAR_P_SEEDS = 2
+SEED_STRIDE = 1000  # between the seeds of one frame's trainings (each frame adds its display index)
 MOTION_PRETRAIN_FRACTION = 0.3  # iterations pulled towards the optical flow, in units of the main phase
 # Weight of the mean squared motion error (pixels^2) against the image MSE (in [0, 1]^2 units):
 # a 1-pixel error costs about what a 30 dB image does.
@@ -195,13 +208,14 @@ def _main_phase(preset: EncoderPreset) -> Tuple[int, TrainerPhase]:
 
 
 def frame_preset(preset: EncoderPreset, spec: FrameSpec) -> EncoderPreset:
-    """The preset of one frame: as given for an intra frame. An inter frame trains a
-    single candidate, whose warm-up is the motion pre-training (guided by the
-    optical flow); a B frame's main phase is ``B_ITERATION_FACTOR`` times the preset's."""
-    if spec.frame_type == "I":
-        return preset
+    """The preset of one frame: an intra frame's main phase is ``I_ITERATION_FACTOR`` times
+    the preset's, its warm-up as given. An inter frame's warm-up is a single candidate, the
+    motion pre-training (guided by the optical flow); a B frame's main phase is
+    ``B_ITERATION_FACTOR`` times the preset's."""
     _, main = _main_phase(preset)
     n_main = main.max_itr
+    if spec.frame_type == "I":
+        return with_main_iterations(preset, max(1, round(n_main * I_ITERATION_FACTOR)))
     if spec.frame_type == "B":
         n_main = max(1, round(n_main * B_ITERATION_FACTOR))
     preset = with_main_iterations(preset, n_main)
@@ -302,6 +316,7 @@ def encode_video(
     motion_init: bool = True,
     direct_b: bool = True,
     derive_b_motion: bool = True,
+    far_p_seeds: int = FAR_P_SEEDS,
     log_fn: Optional[Callable[[str], None]] = None,
     frame_callback: Optional[Callable[[int, int, Dict[str, Any]], None]] = None,
     progress_fn: Optional[Callable[[int], Tuple[Any, Any]]] = None,
@@ -326,6 +341,8 @@ def encode_video(
     the correction to it, with :func:`derived_decoder_config`'s decoder in a frame that no
     other frame references (a frame that others reference also trains one of its own
     motion, and the cheaper is kept).
+    ``far_p_seeds``: trainings of a P frame far from its reference, each from its own seed,
+    the cheapest kept (``FAR_P_SEEDS``).
     ``frame_callback(k, n, summary)`` after each frame (k-th in decoding order);
     ``progress_fn(total_iterations)`` -> (bar or None, training callback) for each frame.
     Raises ConfigError for bad options, EncodeError if a frame does not decode
@@ -333,6 +350,8 @@ def encode_video(
     """
     if not frames:
         raise ConfigError("no frames to encode")
+    if isinstance(far_p_seeds, bool) or not isinstance(far_p_seeds, int) or far_p_seeds < 1:
+        raise ConfigError(f"far_p_seeds must be a positive integer, got {far_p_seeds!r}")
     if not (isinstance(lmbda, (int, float)) and lmbda > 0 and np.isfinite(lmbda)):
         raise ConfigError(f"lmbda must be a positive number, got {lmbda!r}")
     first = frames[0]
@@ -400,6 +419,8 @@ def encode_video(
             candidates.append(_coded_frame(run, derived_job, motion, found[0].source))
         if not candidates or uses[spec.display_index] > 0:
             candidates.append(_coded_frame(run, job, motion, None))
+        if spec.frame_type == "P" and not near_p(spec):
+            candidates += [_coded_frame(run, job, motion, None, k * SEED_STRIDE) for k in range(1, far_p_seeds)]
         best = min(candidates, key=lambda c: c["cost"])
         section, frame, sizes, resumed = best["section"], best["frame"], best["sizes"], best["resumed"]
         image = frame.image
@@ -459,20 +480,24 @@ class _FrameJob:
     param: Any  # CoolChicEncoderParameter
 
 
-def _coded_frame(run: _SequenceRun, job: _FrameJob, motion: MotionFields, source: Optional[int]) -> Dict[str, Any]:
-    """The frame's own Cool-chic, its motion derived from reference ``source``'s unless None:
-    resumed from the workdir when its fingerprint matches, else trained; then decoded by the
-    runtime and checked against the encoder's reconstruction. Returns the section, the
-    decoded frame, its sizes, whether it was resumed, ``source`` and its cost (frame_cost)."""
+def _coded_frame(run: _SequenceRun, job: _FrameJob, motion: MotionFields, source: Optional[int],
+                 seed_offset: int = 0) -> Dict[str, Any]:
+    """The frame's own Cool-chic, its motion derived from reference ``source``'s unless None,
+    trained from the sequence's seed plus ``seed_offset``: resumed from the workdir when its
+    fingerprint matches, else trained; then decoded by the runtime and checked against the
+    encoder's reconstruction. Returns the section, the decoded frame, its sizes, whether it
+    was resumed, ``source`` and its cost (frame_cost)."""
     spec = job.spec
     offset = None if source is None else derived_motion(motion, spec.display_index, spec.refs, source)
     guided = run.motion_init and motion_guided(spec) and source is None
-    meta = {"lmbda": job.lmbda, "preset": repr(job.preset), "param": job.param.to_dict(), "seed": run.seed,
+    seed = run.seed + seed_offset
+    meta = {"lmbda": job.lmbda, "preset": repr(job.preset), "param": job.param.to_dict(), "seed": seed,
             "n_sub": run.n_sub, "n_frames": run.header.n_frames, "guided": guided, "version": __version__}
     if source is not None:
         meta.update(motion_source=source, offset=hashlib.sha256(offset.tobytes()).hexdigest())
     fp = _fingerprint(job.target, job.refs, spec, meta)
-    name = f"frame_{spec.display_index:03d}" + ("" if source is None else "_derived")
+    name = f"frame_{spec.display_index:03d}" + ("" if source is None else "_derived") + (
+        f"_seed{seed_offset}" if seed_offset else "")
     section_path = os.path.join(run.workdir, name + ".section") if run.workdir else None
     section, own, sizes, resumed, seconds = None, None, {}, False, None
     if section_path and os.path.exists(section_path) and os.path.exists(section_path + ".json"):
@@ -488,7 +513,7 @@ def _coded_frame(run: _SequenceRun, job: _FrameJob, motion: MotionFields, source
         # that changed since) is not resumed.
         ckpt = os.path.join(run.workdir, f"{name}.{fp[:16]}") if run.workdir else None
         section, own, sizes = _encode_one(job.target, job.refs, spec, job.param, job.preset, job.lmbda, run.device,
-                                          run.threads, run.seed, run.n_sub, run.header.n_frames, ckpt, guided,
+                                          run.threads, seed, run.n_sub, run.header.n_frames, ckpt, guided,
                                           run.log_fn, run.progress_fn, offset, source)
         seconds = time.perf_counter() - t0
     frame = _decode_section(section, run.header, spec, job.refs, offset)

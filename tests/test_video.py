@@ -221,7 +221,10 @@ def direct_seq(tmp_path_factory):
     cfg = work / "tiny.cfg"
     cfg.write_text(TINY_CFG)
     frames = _crop_frames(5, clip=CLIP5)
-    kw = dict(lmbda=1e-2, preset=str(cfg), dec_cfg="vlop", overrides=SMALL, threads=1, workdir=work / "wd")
+    # One training of P4: the scenario below (B2 derived from P4's motion, B1 and B3 direct) is
+    # the one its first seed gives.
+    kw = dict(lmbda=1e-2, preset=str(cfg), dec_cfg="vlop", overrides=SMALL, threads=1, workdir=work / "wd",
+              far_p_seeds=1)
     return frames, encode_video(frames, (0,), (4,), **kw), kw
 
 
@@ -357,10 +360,32 @@ def test_resumed_sequence_reuses_finished_frames(ipb):
     import json
 
     assert [s["resumed_seconds"] for s in res.frames] == [0.0, 0.0, 0.0]
-    names = {0: "frame_000", 2: "frame_002", 1: "frame_001_derived" if again.frames[2]["derived_motion"] else "frame_001"}
-    for s in again.frames:
-        recorded = json.loads((work / "wd" / f"{names[s['display_index']]}.section.json").read_text())["seconds"]
-        assert s["resumed_seconds"] == recorded > 0
+    for s in again.frames:  # P2, far from its reference, trained twice: its two records add up
+        records = sorted((work / "wd").glob(f"frame_{s['display_index']:03d}*.section.json"))
+        assert len(records) == (2 if s["type"] == "P" else 1)
+        recorded = [json.loads(r.read_text())["seconds"] for r in records]
+        assert s["resumed_seconds"] == pytest.approx(sum(recorded)) and min(recorded) > 0
+
+
+def test_a_far_p_frame_keeps_the_cheaper_of_two_seeds(ipb, tmp_path):
+    """P2 is two frames from its reference: it trains from two seeds and the file holds the
+    section of the one that costs less at the sequence's lambda."""
+    import shutil
+
+    import coolchic.encoder.video as video
+
+    frames, res, work, cfg = ipb
+    shutil.copytree(work / "wd", tmp_path / "wd")
+    sections = {p.name: p.read_bytes() for p in (tmp_path / "wd").glob("frame_002*.section")}
+    assert sorted(sections) == ["frame_002.section", "frame_002_seed1000.section"]
+    e = index_sequence(res.bitstream)[1][1]
+    kept = [name for name, data in sections.items() if data.endswith(res.bitstream[e.start:e.end])]
+    one = video.encode_video(frames, (0,), (2,), lmbda=1e-3, preset=str(cfg), dec_cfg="vlop", overrides=SMALL,
+                             threads=1, workdir=tmp_path / "wd", far_p_seeds=1)  # the first seed's, resumed
+    assert one.frames[1]["resumed"]
+    costs = [video.frame_cost(frames[2], r.decoded[2], r.frames[1]["bytes"], 1e-3) for r in (res, one)]
+    assert costs[0] <= costs[1]
+    assert kept == (["frame_002.section"] if costs[0] == costs[1] else ["frame_002_seed1000.section"])
 
 
 def test_a_workdir_of_other_inputs_is_trained_again_not_refused(ipb, tmp_path):
@@ -437,9 +462,9 @@ def test_b_frames_with_derived_motion_get_the_small_decoder(tmp_path):
 
 
 def test_frame_presets_and_lambdas_by_frame_type(tmp_path):
-    """I frames keep the preset; a P frame trains one candidate whose warm-up is 0.3 of its
-    main phase; a B frame trains 2.5 times the preset's main iterations at every depth, with
-    lambda 1.5^depth times the sequence's."""
+    """I frames keep the preset's warm-up and train 2.5 times its main iterations; a P frame
+    trains one candidate whose warm-up is 0.3 of its main phase; a B frame trains 2.5 times
+    the preset's main iterations at every depth, with lambda 1.5^depth times the sequence's."""
     from coolchic.decoder_runtime.coding_structure import FrameSpec
     from coolchic.encoder.presets import load_encoder_preset
     from coolchic.encoder.video import frame_lambda, frame_preset
@@ -453,7 +478,7 @@ def test_frame_presets_and_lambdas_by_frame_type(tmp_path):
         return ([(w.candidates, w.training_phase.max_itr) for w in p.warmup],
                 [ph.max_itr for ph in p.training_phases])
 
-    assert shape(FrameSpec(0, "I", (), 0)) == ([(2, 50), (1, 50)], [400, 100])
+    assert shape(FrameSpec(0, "I", (), 0)) == ([(2, 50), (1, 50)], [1000, 100])
     assert shape(FrameSpec(8, "P", (0,), 0)) == ([(1, 120)], [400, 100])
     assert shape(FrameSpec(4, "B", (0, 8), 1)) == ([(1, 300)], [1000, 100])
     assert shape(FrameSpec(1, "B", (0, 2), 3)) == ([(1, 300)], [1000, 100])
