@@ -673,3 +673,18 @@ def test_a_sequence_file_is_read_section_by_section(ipb, tmp_path):
     assert n_len in (1, 2)
     with pytest.raises(BitstreamError, match="no such file"):
         list(decode_video(tmp_path / "missing.cool"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(lmbda=0.0), "lmbda must be a positive number, got 0.0"),
+    (dict(lmbda=float("nan")), "lmbda must be a positive number"),
+    (dict(far_p_seeds=0), "far_p_seeds must be a positive integer, got 0"),
+    (dict(far_p_seeds=True), "far_p_seeds must be a positive integer, got True"),
+])
+def test_bad_sequence_options_are_refused_before_training(kw, message, monkeypatch):
+    import coolchic.encoder.video as video
+    from coolchic.decoder_runtime.errors import ConfigError
+
+    monkeypatch.setattr(video, "_encode_one", lambda *a, **k: pytest.fail("a frame trained"))
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        video.encode_video(_crop_frames(), (0,), (2,), **{"lmbda": 1e-3, **kw})
